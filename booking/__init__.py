@@ -1,0 +1,1 @@
+"""Schedules, online booking, queue numbers, check-in, the queue board, reminders and no-shows."""

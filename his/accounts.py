@@ -1,0 +1,308 @@
+"""Manage accounts: passwords, logins with rate limiting, registration, API tokens, clients."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+from sqlalchemy import delete, func, select
+from sqlalchemy.orm import Session
+
+from his.db import as_utc, utcnow
+from his.errors import N_, Conflict, NotFound, TooManyRequests, Unauthorized, ValidationFailed
+from his.identifiers import InvalidNationalId, validate_cccd
+from his.models import ROLES, STAFF_ROLES, ApiClient, ApiToken, LoginAttempt, Site, User
+
+_hasher = PasswordHasher()
+# A hash of a random password, verified when the username is unknown so that timing does not
+# tell an attacker which usernames exist.
+_DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
+
+DEFAULT_SCOPES: dict[str, str] = {
+    "patient": "openid patient/*.read patient/*.write",
+    "admin": "openid user/*.* system/*.*",
+}
+STAFF_DEFAULT_SCOPE = "openid user/*.*"
+MIN_PASSWORD_LENGTH = 8
+
+
+def hash_password(password: str) -> str:
+    """Hash a password with argon2id."""
+    return _hasher.hash(password)
+
+
+def verify_password(password_hash: str, password: str) -> bool:
+    """Tell whether the password matches the stored argon2 hash."""
+    try:
+        return _hasher.verify(password_hash, password)
+    except (VerifyMismatchError, VerificationError, InvalidHashError):
+        return False
+
+
+def default_scope(role: str) -> str:
+    """Return the scopes a user of this role gets when they ask for none."""
+    return DEFAULT_SCOPES.get(role, STAFF_DEFAULT_SCOPE)
+
+
+def check_login_allowed(session: Session, keys: list[str], *, limit: int, window: int) -> None:
+    """Raise TooManyRequests when any key (username, address) failed too often lately."""
+    since = utcnow() - timedelta(seconds=window)
+    for key in keys:
+        count = session.scalar(
+            select(func.count())
+            .select_from(LoginAttempt)
+            .where(LoginAttempt.key == key, LoginAttempt.attempted_at >= since)
+        )
+        if (count or 0) >= limit:
+            raise TooManyRequests(
+                N_("Too many failed logins. Wait a few minutes and try again."),
+                code="LOGIN_RATE_LIMITED",
+            )
+
+
+def authenticate(
+    session: Session,
+    username: str,
+    password: str,
+    *,
+    address: str | None,
+    limit: int,
+    window: int,
+) -> User:
+    """Return the active user with these credentials.
+
+    Raises TooManyRequests after ``limit`` failures within ``window`` seconds (by username
+    and by address), and Unauthorized with one generic message for any other failure.
+    Failed attempts are recorded by the caller's separate unit of work via
+    ``record_failed_login`` so that they survive the request's rollback.
+    """
+    keys = [f"user:{username.lower()}"] + ([f"addr:{address}"] if address else [])
+    check_login_allowed(session, keys, limit=limit, window=window)
+    user = session.scalar(select(User).where(func.lower(User.username) == username.lower()))
+    if user is None:
+        verify_password(_DUMMY_HASH, password)
+        raise Unauthorized(N_("Wrong username or password."), code="LOGIN_FAILED")
+    if not verify_password(user.password_hash, password) or not user.active:
+        raise Unauthorized(N_("Wrong username or password."), code="LOGIN_FAILED")
+    return user
+
+
+def record_failed_login(session: Session, username: str, address: str | None) -> None:
+    """Count a failed login against the username and the address."""
+    session.add(LoginAttempt(key=f"user:{username.lower()}"))
+    if address:
+        session.add(LoginAttempt(key=f"addr:{address}"))
+
+
+def clear_failed_logins(session: Session, username: str) -> None:
+    """Forget a user's failures after a successful login."""
+    session.execute(delete(LoginAttempt).where(LoginAttempt.key == f"user:{username.lower()}"))
+
+
+@dataclass(frozen=True)
+class NewUser:
+    """What it takes to create an account."""
+
+    username: str
+    password: str
+    full_name: str
+    role: str
+    site_code: str | None = None
+    email: str | None = None
+    phone: str | None = None
+    birth_date: date | None = None
+    sex: str | None = None
+    national_id: str | None = None
+    patient_id: str | None = None
+
+
+def create_user(session: Session, new: NewUser) -> User:
+    """Create an account after checking every field.
+
+    Raises ValidationFailed naming each bad field, Conflict for a taken username or CCCD.
+    """
+    errors: dict[str, str] = {}
+    username = new.username.strip()
+    if not username or len(username) > 80 or not all(c.isalnum() or c in "._-" for c in username):
+        errors["username"] = N_("Use letters, digits, dot, dash or underscore (at most 80).")
+    if len(new.password) < MIN_PASSWORD_LENGTH:
+        errors["password"] = N_("The password needs at least 8 characters.")
+    if not new.full_name.strip():
+        errors["full_name"] = N_("The name is required.")
+    if new.role not in ROLES:
+        errors["role"] = N_("Unknown role.")
+    site: Site | None = None
+    if new.role in STAFF_ROLES:
+        if not new.site_code:
+            errors["site"] = N_("Every staff member belongs to a site.")
+        else:
+            site = session.scalar(select(Site).where(Site.code == new.site_code))
+            if site is None:
+                errors["site"] = N_("Unknown site.")
+    if new.birth_date is not None and new.birth_date > date.today():
+        errors["birth_date"] = N_("The date of birth cannot be in the future.")
+    if new.sex is not None and new.sex not in {"male", "female", "other", "unknown"}:
+        errors["sex"] = N_("Choose male, female, other or unknown.")
+    if new.email and ("@" not in new.email or len(new.email) > 200):
+        errors["email"] = N_("This is not an e-mail address.")
+    if new.phone and not _valid_phone(new.phone):
+        errors["phone"] = N_("A Vietnamese phone number has 10 digits and starts with 0.")
+    national_id = None
+    if new.national_id:
+        try:
+            national_id = validate_cccd(new.national_id, birth_date=new.birth_date, sex=new.sex)
+        except InvalidNationalId as exc:
+            errors["national_id"] = str(exc)
+    if errors:
+        raise ValidationFailed(N_("Some fields are not valid."), fields=errors)
+    if session.scalar(select(User.id).where(func.lower(User.username) == username.lower())):
+        raise Conflict(N_("This username is taken."), code="USERNAME_TAKEN", fields={"username": "taken"})
+    if national_id and session.scalar(select(User.id).where(User.national_id == national_id)):
+        raise Conflict(
+            N_("An account with this CCCD already exists."),
+            code="NATIONAL_ID_TAKEN",
+            fields={"national_id": "already registered"},
+        )
+    user = User(
+        username=username,
+        password_hash=hash_password(new.password),
+        full_name=new.full_name.strip(),
+        role=new.role,
+        site_id=site.id if site else None,
+        email=new.email or None,
+        phone=new.phone or None,
+        birth_date=new.birth_date,
+        sex=new.sex,
+        national_id=national_id,
+        patient_id=new.patient_id,
+    )
+    session.add(user)
+    session.flush()
+    return user
+
+
+def _valid_phone(phone: str) -> bool:
+    digits = phone.replace(" ", "").replace(".", "")
+    if digits.startswith("+84"):
+        digits = "0" + digits[3:]
+    return len(digits) == 10 and digits.isdigit() and digits.startswith("0")
+
+
+def _token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def issue_token(
+    session: Session,
+    *,
+    user: User | None = None,
+    client: ApiClient | None = None,
+    scope: str,
+    ttl_seconds: int,
+) -> tuple[str, ApiToken]:
+    """Create a bearer token and return it with its row (the token itself is never stored)."""
+    token = "vt_" + secrets.token_urlsafe(32)
+    row = ApiToken(
+        token_hash=_token_hash(token),
+        user_id=user.id if user else None,
+        client_id=client.id if client else None,
+        scope=" ".join(scope.split()),
+        expires_at=utcnow() + timedelta(seconds=ttl_seconds),
+    )
+    session.add(row)
+    session.flush()
+    return token, row
+
+
+def resolve_token(session: Session, token: str) -> ApiToken:
+    """Return the live token row for a bearer token.
+
+    Raises Unauthorized when the token is unknown (tampered), expired, or its owner is inactive.
+    """
+    row = session.scalar(select(ApiToken).where(ApiToken.token_hash == _token_hash(token)))
+    if row is None:
+        raise Unauthorized(N_("The access token is not valid."), code="INVALID_TOKEN")
+    if as_utc(row.expires_at) <= utcnow():
+        raise Unauthorized(N_("The access token has expired."), code="TOKEN_EXPIRED")
+    return row
+
+
+def narrow_scope(requested: str | None, allowed: str) -> str:
+    """Grant the requested scopes that the allowed set covers (all allowed when none asked)."""
+    allowed_set = allowed.split()
+    if not requested:
+        return " ".join(allowed_set)
+    granted = [s for s in requested.split() if any(scope_covers(a, s) for a in allowed_set)]
+    if not granted:
+        raise ValidationFailed(
+            N_("None of the requested scopes can be granted."), fields={"scope": "not allowed"}
+        )
+    return " ".join(granted)
+
+
+def scope_covers(granted: str, wanted: str) -> bool:
+    """Tell whether one SMART scope (``user/*.*``) covers another (``user/Patient.read``)."""
+    if granted == wanted:
+        return True
+    try:
+        g_ctx, g_rest = granted.split("/", 1)
+        w_ctx, w_rest = wanted.split("/", 1)
+        g_type, g_access = g_rest.rsplit(".", 1)
+        w_type, w_access = w_rest.rsplit(".", 1)
+    except ValueError:
+        return False
+    return (
+        g_ctx == w_ctx
+        and g_type in {"*", w_type}
+        and (g_access in {"*", w_access} or (g_access == "write" and w_access == "write"))
+    )
+
+
+def create_client(
+    session: Session, *, client_id: str, name: str, scope: str, site_code: str | None
+) -> tuple[ApiClient, str]:
+    """Register a system client and return it with its secret (shown once)."""
+    if session.scalar(select(ApiClient.id).where(ApiClient.client_id == client_id)):
+        raise Conflict(N_("This client id is taken."), code="CLIENT_TAKEN")
+    site_id = None
+    if site_code:
+        site = session.scalar(select(Site).where(Site.code == site_code))
+        if site is None:
+            raise NotFound(N_("Unknown site."), fields={"site": site_code})
+        site_id = site.id
+    secret = secrets.token_urlsafe(32)
+    client = ApiClient(
+        client_id=client_id,
+        secret_hash=hash_password(secret),
+        name=name,
+        scope=scope,
+        site_id=site_id,
+    )
+    session.add(client)
+    session.flush()
+    return client, secret
+
+
+def authenticate_client(session: Session, client_id: str, secret: str) -> ApiClient:
+    """Return the active client with these credentials; raise Unauthorized otherwise."""
+    client = session.scalar(select(ApiClient).where(ApiClient.client_id == client_id))
+    if client is None:
+        verify_password(_DUMMY_HASH, secret)
+        raise Unauthorized(N_("Wrong client credentials."), code="LOGIN_FAILED")
+    if not client.active or not verify_password(client.secret_hash, secret):
+        raise Unauthorized(N_("Wrong client credentials."), code="LOGIN_FAILED")
+    return client
+
+
+def purge_expired(session: Session, now: datetime | None = None) -> int:
+    """Delete expired tokens and web sessions; return how many rows went."""
+    from his.models import WebSession
+
+    moment = now or utcnow()
+    tokens = session.execute(delete(ApiToken).where(ApiToken.expires_at <= moment)).rowcount or 0
+    sessions = session.execute(delete(WebSession).where(WebSession.expires_at <= moment)).rowcount or 0
+    return tokens + sessions

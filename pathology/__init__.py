@@ -1,0 +1,1 @@
+"""Whole-slide images: ingest, validation, storage, tiles, the viewer, annotations, consults and reports."""

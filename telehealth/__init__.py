@@ -1,0 +1,1 @@
+"""Video consultations: rooms, lobby, signalling, the aiortc media service, consult notes."""
