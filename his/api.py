@@ -98,7 +98,7 @@ def token() -> Response:
         except Unauthorized:
             with get_database().session_scope() as counter:
                 record_failed_login(counter, username, request.remote_addr)
-            audit.record("token", "User", username, outcome="failure")
+            audit.record("token", "User", None, outcome="failure", claimed_username=username[:80])
             raise
         scope = narrow_scope(body.get("scope"), default_scope(user.role))
         raw, row = issue_token(db, user=user, scope=scope, ttl_seconds=settings.token_ttl_seconds)

@@ -96,8 +96,12 @@ def record(
     patient_id: str | None = None,
     outcome: str = "success",
     detail: str | None = None,
+    claimed_username: str | None = None,
 ) -> None:
-    """Queue an audit record; who, from where and how are taken from the current request."""
+    """Queue an audit record; who, from where and how are taken from the current request.
+
+    ``claimed_username`` names who an anonymous request claimed to be (a failed login).
+    """
     row: dict[str, Any] = {
         "recorded_at": utcnow(),
         "action": action,
@@ -107,7 +111,7 @@ def record(
         "outcome": outcome,
         "detail": detail,
         "user_id": None,
-        "username": None,
+        "username": claimed_username,
         "role": None,
         "site_id": None,
         "address": None,

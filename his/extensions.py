@@ -18,6 +18,8 @@ def init_app(app: Flask) -> None:
         # by itself, so CSRF does not apply to them; every other unsafe request needs it.
         if request.method in {"GET", "HEAD", "OPTIONS", "TRACE"}:
             return
+        if request.routing_exception is not None:
+            return  # no view will run: the 404 or 405 is the answer
         if request.path.startswith(("/api/", "/fhir/")) and "vetinh_session" not in request.cookies:
             return
         if request.path.startswith(("/api/", "/fhir/")) and request.headers.get("Authorization"):

@@ -115,7 +115,7 @@ def login() -> str | BaseResponse | tuple[str, int]:
             message = _("Wrong username or password.")
         else:
             message = _("Too many failed logins. Wait a few minutes and try again.")
-        audit.record("login", "User", username or None, outcome="failure")
+        audit.record("login", "User", None, outcome="failure", claimed_username=username[:80] or None)
         return (
             render_template(
                 "his/login.html", error=message, username=username, next=request.form.get("next", "")
