@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import date
 from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, render_template, request
@@ -17,9 +18,11 @@ from his.accounts import (
     record_failed_login,
 )
 from his.db import get_database, get_session
-from his.errors import BadRequest, Unauthorized, UnsupportedMediaType
+from his.errors import BadRequest, Unauthorized, UnsupportedMediaType, ValidationFailed
 from his.openapi import api_doc, build_document
-from his.security import current_principal, login_required
+from his.patients import PatientDetails, create_patient, patient_summary
+from his.policy import ensure_patient_access
+from his.security import current_principal, login_required, roles_required, scope_required
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
@@ -146,3 +149,84 @@ def openapi_document() -> Response:
 def docs() -> str | BaseResponse:
     """Show the browsable API page."""
     return render_template("his/api_docs.html")
+
+
+PATIENT_INPUT = {
+    "type": "object",
+    "required": ["full_name", "birth_date", "sex"],
+    "properties": {
+        "full_name": {"type": "string", "example": "Nguyễn Văn An"},
+        "birth_date": {"type": "string", "format": "date"},
+        "sex": {"type": "string", "enum": ["male", "female", "other", "unknown"]},
+        "phone": {"type": "string"},
+        "email": {"type": "string"},
+        "national_id": {"type": "string", "description": "CCCD, 12 digits"},
+        "address": {"type": "string"},
+    },
+}
+PATIENT_OUTPUT = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "string"},
+        "full_name": {"type": "string"},
+        "birth_date": {"type": "string", "format": "date"},
+        "sex": {"type": "string"},
+        "national_id": {"type": "string"},
+        "phone": {"type": "string"},
+        "fhir": {"type": "string", "description": "URL of the FHIR Patient"},
+    },
+}
+
+
+def _parse_patient(body: dict[str, Any]) -> PatientDetails:
+    raw_birth = body.get("birth_date")
+    birth_date = None
+    if raw_birth is not None:
+        try:
+            birth_date = date.fromisoformat(str(raw_birth))
+        except ValueError:
+            raise ValidationFailed(fields={"birth_date": "Use the format YYYY-MM-DD."}) from None
+    return PatientDetails(
+        full_name=str(body.get("full_name") or ""),
+        birth_date=birth_date,
+        sex=str(body.get("sex") or ""),
+        phone=(str(body["phone"]) if body.get("phone") else None),
+        email=(str(body["email"]) if body.get("email") else None),
+        national_id=(str(body["national_id"]) if body.get("national_id") else None),
+        address=(str(body["address"]) if body.get("address") else None),
+    )
+
+
+@bp.post("/patients")
+@roles_required("receptionist", "nurse", "doctor")
+@scope_required("Patient", "write")
+@api_doc(
+    "Register a patient (staff); the patient is cared for at the staff member's site",
+    tags=["patients"],
+    request=PATIENT_INPUT,
+    responses={201: PATIENT_OUTPUT, 401: None, 403: None, 422: None},
+)
+def create_patient_endpoint() -> tuple[Response, int]:
+    """Register a patient at the caller's site."""
+    principal = current_principal()
+    details = _parse_patient(json_body())
+    patient_id = create_patient(get_session(), details, site_id=principal.site_id)
+    audit.record("create", "Patient", patient_id, patient_id=patient_id)
+    summary = patient_summary(get_session(), patient_id)
+    return jsonify(summary), 201
+
+
+@bp.get("/patients/<patient_id>")
+@login_required
+@scope_required("Patient", "read")
+@api_doc(
+    "Read a patient's identity (the patient themself, a linked parent, or staff of a caring site)",
+    tags=["patients"],
+    responses={200: PATIENT_OUTPUT, 401: None, 403: None, 404: None},
+)
+def read_patient_endpoint(patient_id: str) -> Response:
+    """Return a patient's identity after the access check."""
+    ensure_patient_access(current_principal(), patient_id, "read")
+    summary = patient_summary(get_session(), patient_id)
+    audit.record("read", "Patient", patient_id, patient_id=patient_id)
+    return jsonify(summary)

@@ -123,3 +123,29 @@ def register_patient_account(
     user = create_user(session, probe)
     user.patient_id = create_patient(session, details, site_id=home_site_id)
     return user
+
+
+def patient_summary(session: Session, patient_id: str) -> dict[str, Any]:
+    """Read a patient from the store as the API's small summary.
+
+    Raises NotFound when there is no such patient (or it was deleted).
+    """
+    from fhir import services as store
+
+    resource = store.read(session, "Patient", patient_id).resource
+    name = (resource.get("name") or [{}])[0]
+    full_name = name.get("text") or " ".join([name.get("family", ""), *name.get("given", [])]).strip()
+    national_id = next(
+        (i.get("value") for i in resource.get("identifier", []) if i.get("system") == NATIONAL_ID_SYSTEM),
+        None,
+    )
+    phone = next((t.get("value") for t in resource.get("telecom", []) if t.get("system") == "phone"), None)
+    return {
+        "id": patient_id,
+        "full_name": full_name,
+        "birth_date": resource.get("birthDate"),
+        "sex": resource.get("gender"),
+        "national_id": national_id,
+        "phone": phone,
+        "fhir": f"/fhir/R4/Patient/{patient_id}",
+    }
