@@ -9,6 +9,8 @@ from zoneinfo import ZoneInfo
 from flask import Flask, current_app, request, session
 from flask_babel import Babel, get_locale
 
+from his.db import as_utc
+
 LOCALES: tuple[str, ...] = ("vi", "en")
 LOCALE_NAMES = {"vi": "Tiếng Việt", "en": "English"}
 
@@ -42,13 +44,11 @@ def format_vnd(amount: Decimal | int | str | None) -> str:
 
 
 def format_day(value: date | datetime | None) -> str:
-    """Format a date as ``23/11/2026`` (a datetime is shown in the hospital's time zone)."""
+    """Format a date as ``23/11/2026`` (a datetime, naive meaning UTC, in the hospital's zone)."""
     if value is None:
         return ""
     if isinstance(value, datetime):
-        if value.tzinfo is not None:
-            value = value.astimezone(local_zone())
-        value = value.date()
+        value = as_utc(value).astimezone(local_zone()).date()
     return value.strftime("%d/%m/%Y")
 
 
@@ -56,9 +56,7 @@ def format_moment(value: datetime | None) -> str:
     """Format a moment as ``08:30 23/11/2026`` in the hospital's time zone."""
     if value is None:
         return ""
-    if value.tzinfo is not None:
-        value = value.astimezone(local_zone())
-    return value.strftime("%H:%M %d/%m/%Y")
+    return as_utc(value).astimezone(local_zone()).strftime("%H:%M %d/%m/%Y")
 
 
 def init_app(app: Flask) -> None:

@@ -33,7 +33,9 @@ from his.navigation import add_nav_item, nav_items_for
 from his.patients import PatientDetails, register_patient_account
 from his.security import current_principal, login_required, roles_required
 
-bp = Blueprint("his", __name__, template_folder="templates", static_folder="static", static_url_path="/static/his")
+bp = Blueprint(
+    "his", __name__, template_folder="templates", static_folder="static/his", static_url_path="/static/his"
+)
 
 ROLE_LABELS = {
     "patient": _l("Patient"),

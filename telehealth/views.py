@@ -4,4 +4,4 @@ from __future__ import annotations
 
 from flask import Blueprint
 
-bp = Blueprint("telehealth", __name__, template_folder="templates", static_folder="static", static_url_path="/static/telehealth")
+bp = Blueprint("telehealth", __name__, template_folder="templates", static_folder="static/telehealth", static_url_path="/static/telehealth")
