@@ -6,10 +6,11 @@ import hashlib
 import secrets
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
+from typing import Any, cast
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
-from sqlalchemy import delete, func, select
+from sqlalchemy import CursorResult, delete, func, select
 from sqlalchemy.orm import Session
 
 from his.db import as_utc, utcnow
@@ -303,6 +304,8 @@ def purge_expired(session: Session, now: datetime | None = None) -> int:
     from his.models import WebSession
 
     moment = now or utcnow()
-    tokens = session.execute(delete(ApiToken).where(ApiToken.expires_at <= moment)).rowcount or 0
-    sessions = session.execute(delete(WebSession).where(WebSession.expires_at <= moment)).rowcount or 0
-    return tokens + sessions
+    tokens = cast(CursorResult[Any], session.execute(delete(ApiToken).where(ApiToken.expires_at <= moment)))
+    sessions = cast(
+        CursorResult[Any], session.execute(delete(WebSession).where(WebSession.expires_at <= moment))
+    )
+    return (tokens.rowcount or 0) + (sessions.rowcount or 0)

@@ -23,7 +23,8 @@ def _create_app() -> Flask:
 
 
 def _settings() -> Settings:
-    return current_app.extensions["vetinh.settings"]  # type: ignore[no-any-return]
+    settings: Settings = current_app.extensions["vetinh.settings"]
+    return settings
 
 
 main = FlaskGroup(
@@ -83,7 +84,9 @@ def db_upgrade() -> None:
 
 @main.command("demo")
 @click.option("--if-empty", is_flag=True, help="Load only when the database has no users.")
-@click.option("--password", default=None, help="Give every demo account this password instead of random ones.")
+@click.option(
+    "--password", default=None, help="Give every demo account this password instead of random ones."
+)
 @with_appcontext
 def demo_command(if_empty: bool, password: str | None) -> None:
     """Load the demo data once: sites, a user for every role, patients, catalogues."""
@@ -127,7 +130,13 @@ def user_create(
         with current_app.extensions["vetinh.db"].session_scope() as session:
             user = create_user(
                 session,
-                NewUser(username=username, password=password or "", full_name=full_name, role=role, site_code=site_code),
+                NewUser(
+                    username=username,
+                    password=password or "",
+                    full_name=full_name,
+                    role=role,
+                    site_code=site_code,
+                ),
             )
             click.echo(f"Created {user.role} {user.username}.")
     except VetinhError as exc:

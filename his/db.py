@@ -108,7 +108,8 @@ def get_database(app: Flask | None = None) -> Database:
     from flask import current_app
 
     target = app or current_app
-    return target.extensions["vetinh.db"]  # type: ignore[no-any-return]
+    database: Database = target.extensions["vetinh.db"]
+    return database
 
 
 def get_session() -> Session:

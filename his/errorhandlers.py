@@ -75,9 +75,7 @@ def render_error(error: VetinhError) -> Response:
         body.pop("issue", None)
         response = jsonify(body)
     else:
-        response = Response(
-            render_template("his/error.html", error=error), mimetype="text/html"
-        )
+        response = Response(render_template("his/error.html", error=error), mimetype="text/html")
     response.status_code = error.status
     if error.status == 401 and path.startswith(("/api/", "/fhir/")):
         response.headers["WWW-Authenticate"] = 'Bearer realm="vetinh"'

@@ -22,7 +22,12 @@ _ITEMS: list[NavItem] = []
 
 
 def add_nav_item(
-    endpoint: str, label: str | LazyString, roles: set[str] | frozenset[str], *, icon: str = "", order: int = 100
+    endpoint: str,
+    label: str | LazyString,
+    roles: set[str] | frozenset[str],
+    *,
+    icon: str = "",
+    order: int = 100,
 ) -> None:
     """Offer a link to the roles given (idempotent per endpoint)."""
     if any(item.endpoint == endpoint for item in _ITEMS):

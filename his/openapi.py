@@ -104,7 +104,9 @@ def build_document(app: Flask, prefix: str = "/api/v1") -> dict[str, Any]:
             for status, schema in doc["responses"].items():
                 entry: dict[str, Any] = {"description": STATUS_TEXT.get(status, "Response")}
                 if status >= 400:
-                    entry["content"] = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+                    entry["content"] = {
+                        "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}
+                    }
                 elif schema is not None:
                     entry["content"] = {"application/json": {"schema": schema}}
                 operation["responses"][str(status)] = entry

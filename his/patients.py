@@ -72,9 +72,7 @@ def validate_details(details: PatientDetails) -> PatientDetails:
     national_id = None
     if details.national_id:
         try:
-            national_id = validate_cccd(
-                details.national_id, birth_date=details.birth_date, sex=details.sex
-            )
+            national_id = validate_cccd(details.national_id, birth_date=details.birth_date, sex=details.sex)
         except InvalidNationalId as exc:
             errors["national_id"] = str(exc)
     if errors:

@@ -19,9 +19,7 @@ from his.security import Principal
 CLINICAL_READ_ROLES = frozenset(
     {"receptionist", "nurse", "doctor", "pharmacist", "pathologist", "cashier", "manager"}
 )
-CLINICAL_WRITE_ROLES = frozenset(
-    {"receptionist", "nurse", "doctor", "pharmacist", "pathologist", "cashier"}
-)
+CLINICAL_WRITE_ROLES = frozenset({"receptionist", "nurse", "doctor", "pharmacist", "pathologist", "cashier"})
 
 
 def linked_patient_ids(principal: Principal) -> set[str]:

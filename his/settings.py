@@ -64,9 +64,7 @@ class Settings:
         return "redis" if self.redis_url else "memory"
 
     @classmethod
-    def from_env(
-        cls, environ: Mapping[str, str] | None = None, **overrides: Any
-    ) -> Settings:
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Build settings from ``VETINH_*`` variables, then apply ``overrides``.
 
         Raises ConfigurationError for a value of the wrong type, or for production

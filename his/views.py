@@ -237,7 +237,9 @@ def vendor(filename: str) -> Response:
     package = filename.split("/", 1)[0]
     if package not in VENDOR_PACKAGES:
         raise NotFound()
-    response = send_from_directory(current_app.extensions["vetinh.settings"].vendor_dir, filename, max_age=86400)
+    response = send_from_directory(
+        current_app.extensions["vetinh.settings"].vendor_dir, filename, max_age=86400
+    )
     return response
 
 
@@ -265,7 +267,9 @@ def audit_log() -> str:
     day = _parse_date(args.get("day", ""))
     if day is not None:
         start = datetime.combine(day, datetime.min.time(), tzinfo=local_zone())
-        query = query.where(AuditRecord.recorded_at >= start, AuditRecord.recorded_at < start + timedelta(days=1))
+        query = query.where(
+            AuditRecord.recorded_at >= start, AuditRecord.recorded_at < start + timedelta(days=1)
+        )
     page = max(1, args.get("page", 1, type=int) or 1)
     db = get_session()
     total = db.scalar(select(func.count()).select_from(query.subquery())) or 0

@@ -148,7 +148,9 @@ def make_user(app: Flask, sites: dict[str, Site]) -> Callable[..., User]:
     """Create a user (staff at the district site unless told otherwise)."""
     counter = iter(range(1, 10_000))
 
-    def factory(role: str = "doctor", *, username: str | None = None, site: str | None = "DIST", **extra: Any) -> User:
+    def factory(
+        role: str = "doctor", *, username: str | None = None, site: str | None = "DIST", **extra: Any
+    ) -> User:
         name = username or f"{role}{next(counter)}"
         with get_database(app).session_scope() as session:
             user = create_user(

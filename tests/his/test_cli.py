@@ -41,13 +41,37 @@ def test_demo_loads_once_with_every_role_at_both_sites(app, test_database):
 def test_user_create_refuses_a_staff_user_without_site(app, sites):
     runner = app.test_cli_runner()
     bad = runner.invoke(
-        main, ["user", "create", "--username", "x", "--role", "doctor", "--full-name", "X", "--password", "long-enough"]
+        main,
+        [
+            "user",
+            "create",
+            "--username",
+            "x",
+            "--role",
+            "doctor",
+            "--full-name",
+            "X",
+            "--password",
+            "long-enough",
+        ],
     )
     assert bad.exit_code != 0
     assert "site" in bad.output
     good = runner.invoke(
         main,
-        ["user", "create", "--username", "x", "--role", "doctor", "--full-name", "X", "--site", "CENT", "--generate"],
+        [
+            "user",
+            "create",
+            "--username",
+            "x",
+            "--role",
+            "doctor",
+            "--full-name",
+            "X",
+            "--site",
+            "CENT",
+            "--generate",
+        ],
     )
     assert good.exit_code == 0, good.output
     assert "Password:" in good.output

@@ -52,9 +52,7 @@ def test_malformed_json_to_the_api_is_a_clear_400(client):
 
 def test_an_oversized_body_is_413(app, client):
     limit = app.config["MAX_CONTENT_LENGTH"]
-    response = client.post(
-        "/api/v1/auth/token", data=b"x" * (limit + 1), content_type="application/json"
-    )
+    response = client.post("/api/v1/auth/token", data=b"x" * (limit + 1), content_type="application/json")
     assert response.status_code == 413
     assert response.get_json()["code"] == "PAYLOAD_TOO_LARGE"
 
