@@ -12,10 +12,11 @@ chosen by ``Settings.events``:
     events out to its local subscribers, so a thousand open browsers cost one Redis
     connection per process, not a thousand.
 
-Inside a request (or a job) that has a unit-of-work session with a transaction in
-progress, :func:`publish` holds the event until that session commits, and drops it
-if the session rolls back: a browser is never told about something the database
-does not show. Elsewhere the event leaves at once.
+Inside a request or a job, :func:`publish` holds the event until the unit of work
+(``his.db.get_session()``) commits, and drops it if it rolls back: a browser is never
+told about something the database does not show. Outside both (a shell, a plain
+app context) the event leaves at once. ``app.test_request_context()`` runs no
+after-request handlers, so an event published there is never sent.
 
 Delivery is at most once. A subscriber that falls too far behind loses the oldest
 events, and events published while Redis is unreachable are lost (the publisher
@@ -39,10 +40,11 @@ from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import Any, Protocol, Self
 
-from flask import Blueprint, Flask, Response, current_app, g, has_app_context, request
+from flask import Blueprint, Flask, Response, current_app, g, has_app_context, has_request_context, request
 from sqlalchemy import event as sa_event
 from sqlalchemy.orm import Session
 
+from his.db import get_session
 from his.errors import ConfigurationError
 
 log = logging.getLogger(__name__)
@@ -425,7 +427,7 @@ def publish(topic: str, data: dict[str, Any]) -> None:
     """
     event = make_event(topic, data)
     bus = get_bus()
-    session = _session_in_transaction()
+    session = _unit_of_work()
     if session is not None:
         session.info.setdefault(_PENDING_KEY, []).append((bus, event))
         return
@@ -483,12 +485,14 @@ def _send(bus: EventBus, event: Event) -> None:
         log.exception("Could not publish event %s (%s)", event.id, event.topic)
 
 
-def _session_in_transaction() -> Session | None:
-    if not has_app_context():
-        return None
-    session: Session | None = g.get("_vetinh_session")
-    if session is not None and session.in_transaction():
-        return session
+def _unit_of_work() -> Session | None:
+    """Return the session whose commit should release events published now, if any."""
+    if has_request_context():
+        # Even before the view touched the database: the request's session is
+        # committed (status < 400) or rolled back when the response is ready.
+        return get_session()
+    if has_app_context():
+        return g.get("_vetinh_session")  # a job's unit of work (see his.jobs)
     return None
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import secrets
@@ -87,8 +88,8 @@ def test_events_of_a_request_leave_only_when_it_commits(app: Flask) -> None:
 
     @app.post("/api/v1/_test/call/<int:number>")
     def call(number: int) -> dict[str, Any]:
-        get_session().execute(text("SELECT 1"))
         events.publish("queue.called", {"number": number})
+        get_session().execute(text("SELECT 1"))
         seen_inside.append(sub.get(timeout=0))
         if number == 13:
             raise Conflict("the number was already called")
@@ -133,6 +134,22 @@ def test_sse_stream_frames_events_and_ends_when_the_client_leaves(app: Flask) ->
     assert messages[2] == {"comment": "keep-alive"}
     # The stream's subscription is gone once the client went away.
     assert len(events.get_bus(app).hub) == 0  # type: ignore[attr-defined]
+
+
+def test_a_real_server_ends_the_stream_when_the_browser_leaves(app: Flask, live_server: Any) -> None:
+    bus = events.get_bus(app)
+    port = int(live_server.url.rsplit(":", 1)[1])
+    browser = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    browser.request("GET", "/api/v1/events/test/stream?topic=queue.called&keepalive=0.1")
+    stream = browser.getresponse()
+    assert stream.readline().startswith(b"retry:")
+    assert len(bus.hub) == 1  # type: ignore[attr-defined]
+    stream.close()
+    browser.close()
+    deadline = time.monotonic() + 5
+    while len(bus.hub) and time.monotonic() < deadline:  # type: ignore[attr-defined]
+        time.sleep(0.05)
+    assert len(bus.hub) == 0, "the server kept streaming to a browser that left"  # type: ignore[attr-defined]
 
 
 def test_publish_survives_an_unreachable_redis(

@@ -293,3 +293,24 @@ def _database(backend: str, tmp_path: Path) -> Iterator[str]:
             yield url
     else:
         yield f"sqlite:///{tmp_path / 'scheduler.sqlite3'}"
+
+
+def test_vetinh_scheduler_command_schedules_the_purge_and_stops_on_sigterm(tmp_path: Path) -> None:
+    database_url = f"sqlite:///{tmp_path / 'command.sqlite3'}"
+    upgrade_database(database_url)
+    log = tmp_path / "scheduler.log"
+    process = _start(["-m", "his.cli", "scheduler"], _process_env(tmp_path, database_url), log)
+    engine = create_engine(database_url)
+    try:
+        deadline = time.monotonic() + 15
+        scheduled: list[str] = []
+        while time.monotonic() < deadline and "his.purge_expired_credentials" not in scheduled:
+            assert process.poll() is None, f"vetinh scheduler exited:\n{log.read_text()}"
+            time.sleep(0.2)
+            with engine.connect() as conn:
+                scheduled = list(conn.scalars(text("SELECT id FROM scheduler_jobs")))
+    finally:
+        code = _stop(process)
+        engine.dispose()
+    assert "his.purge_expired_credentials" in scheduled, log.read_text()
+    assert code == 0, f"vetinh scheduler did not stop cleanly:\n{log.read_text()}"
