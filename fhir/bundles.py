@@ -1,0 +1,414 @@
+"""Process batch and transaction Bundles against the store.
+
+A transaction is all or nothing: every entry is validated, every ``urn:uuid:`` and
+conditional reference resolved, every local reference checked, and then all writes go
+in as one batch of rows; any failure raises an error naming the entry, and the
+caller's rollback leaves nothing behind. A batch runs each entry in its own savepoint
+and reports each entry's outcome.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from fhir import services
+from fhir.services import BundleResult, EntryResult, StoredResource, _issue, _Write
+from fhir.validation import is_resource_type, validate_resource
+from his.errors import BadRequest, PreconditionFailed, ValidationFailed, VetinhError
+
+METHOD_ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "GET": 3, "HEAD": 3}
+
+
+@dataclass
+class _Entry:
+    index: int
+    method: str
+    url: str
+    type: str
+    id: str | None
+    query: str | None
+    full_url: str | None
+    resource: dict[str, Any] | None
+    if_none_exist: str | None
+    if_match: str | None
+    target_id: str | None = None
+    existing: StoredResource | None = None
+
+    @property
+    def where(self) -> str:
+        return f"Bundle.entry[{self.index}]"
+
+
+def status_line(code: int) -> str:
+    """Return ``"201 Created"`` for 201."""
+    return f"{code} {HTTPStatus(code).phrase}"
+
+
+def _entry_error(index: int, exc: VetinhError) -> VetinhError:
+    """Re-raise ``exc`` as the same kind of error, naming the failing entry."""
+    where = f"Bundle.entry[{index}]"
+    issues = exc.extra.get("issue") or [_issue("processing", exc.message)]
+    named = []
+    for issue in issues:
+        issue = dict(issue)
+        issue["diagnostics"] = f"{where}: {issue.get('diagnostics', exc.message)}"
+        expressions = issue.get("expression") or []
+        issue["expression"] = [
+            e if e.startswith("Bundle.") else f"{where}.resource.{e.split('.', 1)[1]}" if "." in e else where
+            for e in expressions
+        ] or [where]
+        named.append(issue)
+    error = type(exc)(
+        f"{where}: {exc.message}",
+        code=exc.code,
+        fields={i["expression"][0]: i["diagnostics"] for i in named},
+        extra={**exc.extra, "issue": named},
+    )
+    return error
+
+
+def _bad(
+    index: int, message: str, code: str = "invalid", kind: type[VetinhError] = BadRequest
+) -> VetinhError:
+    where = f"Bundle.entry[{index}]"
+    return kind(
+        f"{where}: {message}",
+        code="FHIR_BAD_ENTRY",
+        fields={where: message},
+        extra={"issue": [_issue(code, f"{where}: {message}", where)]},
+    )
+
+
+def _parse_entry(index: int, raw: Any) -> _Entry:
+    if not isinstance(raw, dict):
+        raise _bad(index, "an entry must be an object")
+    request = raw.get("request")
+    if not isinstance(request, dict) or not request.get("method") or not request.get("url"):
+        raise _bad(index, "request.method and request.url are required")
+    method = str(request["method"]).upper()
+    if method not in METHOD_ORDER:
+        raise _bad(index, f"method {method} is not supported", "not-supported")
+    url = str(request["url"]).lstrip("/")
+    path, _, query = url.partition("?")
+    parts = path.split("/")
+    rtype = parts[0]
+    if not is_resource_type(rtype):
+        raise _bad(index, f"{rtype!r} is not a resource type", "not-supported")
+    rid = parts[1] if len(parts) > 1 and parts[1] else None
+    resource = raw.get("resource")
+    if method in ("POST", "PUT"):
+        if not isinstance(resource, dict):
+            raise _bad(index, f"{method} needs a resource", "required")
+        if resource.get("resourceType") != rtype:
+            raise _bad(index, f"the resource is a {resource.get('resourceType')!r}, the URL names {rtype}")
+    return _Entry(
+        index=index,
+        method=method,
+        url=url,
+        type=rtype,
+        id=rid,
+        query=query or None,
+        full_url=raw.get("fullUrl"),
+        resource=resource if isinstance(resource, dict) else None,
+        if_none_exist=request.get("ifNoneExist"),
+        if_match=request.get("ifMatch"),
+    )
+
+
+def process(
+    session: Session, bundle: Mapping[str, Any] | str | bytes, *, check_references: bool = True
+) -> BundleResult:
+    """Process a batch or transaction Bundle and return its response entries.
+
+    Raises BadRequest for a Bundle that is neither, and (transactions only) the error of
+    the first failing entry, named ``Bundle.entry[i]``.
+    """
+    parsed, _ = services._parse(bundle)
+    if parsed.get("resourceType") != "Bundle":
+        raise services._wrong_type("Bundle", parsed.get("resourceType"))
+    btype = parsed.get("type")
+    if btype not in ("batch", "transaction"):
+        message = f"Bundle.type must be batch or transaction, not {btype!r}"
+        raise BadRequest(
+            message, code="FHIR_BAD_BUNDLE", extra={"issue": [_issue("invalid", message, "Bundle.type")]}
+        )
+    raw_entries = parsed.get("entry") or []
+    if not isinstance(raw_entries, list):
+        raise BadRequest("Bundle.entry must be a list", code="FHIR_BAD_BUNDLE")
+    if btype == "batch":
+        return BundleResult(
+            "batch-response",
+            [_batch_entry(session, i, e, check_references) for i, e in enumerate(raw_entries)],
+        )
+    return _transaction(session, raw_entries, check_references)
+
+
+def _batch_entry(session: Session, index: int, raw: Any, check_references: bool) -> EntryResult:
+    savepoint = session.begin_nested()
+    try:
+        entry = _parse_entry(index, raw)
+        if entry.resource is not None:
+            issues = validate_resource(entry.resource)
+            if issues:
+                raise services._invalid(issues)
+        result = _single(session, entry, check_references)
+        savepoint.commit()
+        return result
+    except VetinhError as exc:
+        savepoint.rollback()
+        named = _entry_error(index, exc)
+        return EntryResult(
+            status=status_line(exc.status if exc.status in HTTPStatus._value2member_map_ else 500),
+            outcome={"resourceType": "OperationOutcome", "issue": named.extra["issue"]},
+        )
+
+
+def _single(session: Session, entry: _Entry, check_references: bool) -> EntryResult:
+    """Run one batch entry through the ordinary single-resource services."""
+    if entry.method == "POST":
+        assert entry.resource is not None
+        stored = services.create(
+            session, entry.resource, if_none_exist=entry.if_none_exist, check_references=check_references
+        )
+        return _written(stored, 201 if stored.created else 200)
+    if entry.method == "PUT":
+        assert entry.resource is not None
+        if entry.query:
+            stored = services.conditional_update(
+                session, entry.type, entry.query, entry.resource, check_references=check_references
+            )
+        else:
+            if entry.id is None:
+                raise _bad(entry.index, "PUT needs Type/id or Type?search")
+            stored = services.update(
+                session,
+                entry.type,
+                entry.id,
+                entry.resource,
+                if_match=entry.if_match,
+                check_references=check_references,
+            )
+        return _written(stored, 201 if stored.created else 200)
+    if entry.method == "DELETE":
+        if entry.query:
+            services.conditional_delete(session, entry.type, entry.query)
+        elif entry.id is not None:
+            services.delete_resource(session, entry.type, entry.id, if_match=entry.if_match)
+        else:
+            raise _bad(entry.index, "DELETE needs Type/id or Type?search")
+        return EntryResult(status=status_line(204))
+    return _get(session, entry)
+
+
+def _get(session: Session, entry: _Entry) -> EntryResult:
+    if entry.id is not None:
+        parts = entry.url.partition("?")[0].split("/")
+        if len(parts) == 4 and parts[2] == "_history":
+            stored = services.vread(session, entry.type, entry.id, parts[3])
+        else:
+            stored = services.read(session, entry.type, entry.id)
+        return _written(stored, 200)
+    result = services.search(session, entry.type, services.parse_query(entry.query or ""))
+    return EntryResult(status=status_line(200), search=result)
+
+
+def _written(stored: StoredResource, code: int) -> EntryResult:
+    return EntryResult(
+        status=status_line(code),
+        stored=stored,
+        location=f"{stored.type}/{stored.id}/_history/{stored.version_id}",
+    )
+
+
+def _transaction(session: Session, raw_entries: list[Any], check_references: bool) -> BundleResult:
+    entries = [_parse_entry(i, raw) for i, raw in enumerate(raw_entries)]
+    issues: list[dict[str, Any]] = []
+    for entry in entries:
+        if entry.resource is not None:
+            issues.extend(validate_resource(entry.resource, f"{entry.where}.resource"))
+    if issues:
+        first = issues[0]
+        raise ValidationFailed(
+            first["diagnostics"],
+            code="FHIR_INVALID",
+            fields={first["expression"][0]: first["diagnostics"]},
+            extra={"issue": issues},
+        )
+    urn_map: dict[str, str] = {}
+    touched: set[tuple[str, str]] = set()
+    for entry in sorted(entries, key=lambda e: METHOD_ORDER[e.method]):
+        try:
+            _resolve_identity(session, entry)
+        except VetinhError as exc:
+            raise _entry_error(entry.index, exc) from exc
+        if entry.target_id is not None and entry.method != "GET":
+            key = (entry.type, entry.target_id)
+            if key in touched:
+                raise _bad(entry.index, f"{entry.type}/{entry.target_id} appears in more than one entry")
+            touched.add(key)
+        if entry.full_url and entry.target_id is not None:
+            urn_map[entry.full_url] = f"{entry.type}/{entry.target_id}"
+    conditional_cache: dict[str, str] = {}
+    for entry in entries:
+        if entry.resource is not None and entry.existing is None:
+            _rewrite_references(session, entry, urn_map, conditional_cache)
+    written = {
+        (e.type, e.target_id)
+        for e in entries
+        if e.method in ("POST", "PUT") and e.existing is None and e.target_id
+    }
+    if check_references:
+        items = [
+            (f"{e.where}.resource", e.resource)
+            for e in entries
+            if e.resource is not None and e.existing is None and e.method in ("POST", "PUT")
+        ]
+        services._check_references(session, items, {(t, i) for t, i in written if i is not None})
+    results = _write_all(session, entries)
+    for entry in entries:
+        if entry.method in ("GET", "HEAD"):
+            try:
+                results[entry.index] = _get(session, entry)
+            except VetinhError as exc:
+                raise _entry_error(entry.index, exc) from exc
+    return BundleResult("transaction-response", [results[e.index] for e in entries])
+
+
+def _resolve_identity(session: Session, entry: _Entry) -> None:
+    """Decide which resource id an entry writes (or finds), resolving conditions."""
+    if entry.method == "POST":
+        if entry.if_none_exist:
+            found = services._conditional_match(session, entry.type, entry.if_none_exist)
+            if found is not None:
+                entry.existing = found
+                entry.target_id = found.id
+                return
+        entry.target_id = str(uuid.uuid4())
+    elif entry.method == "PUT":
+        if entry.query:
+            found = services._conditional_match(session, entry.type, entry.query)
+            body_id = (entry.resource or {}).get("id")
+            if found is not None:
+                if body_id not in (None, found.id):
+                    raise BadRequest(f"the body's id {body_id!r} is not the matching resource {found.id!r}")
+                entry.target_id = found.id
+            else:
+                entry.target_id = str(body_id) if body_id else str(uuid.uuid4())
+        else:
+            if entry.id is None:
+                raise BadRequest("PUT needs Type/id or Type?search")
+            if (entry.resource or {}).get("id") != entry.id:
+                raise BadRequest(f"the body's id does not match {entry.type}/{entry.id}")
+            entry.target_id = entry.id
+        if not services.ID_RE.match(entry.target_id or ""):
+            raise BadRequest(f"{entry.target_id!r} is not a valid FHIR id")
+    elif entry.method == "DELETE":
+        if entry.query:
+            found = services._conditional_match(session, entry.type, entry.query)
+            entry.target_id = found.id if found is not None else None
+        else:
+            entry.target_id = entry.id
+
+
+def _rewrite_references(
+    session: Session, entry: _Entry, urn_map: dict[str, str], cache: dict[str, str]
+) -> None:
+    assert entry.resource is not None
+    for path, ref in services._reference_paths(entry.resource, f"{entry.where}.resource"):
+        value = ref["reference"]
+        if value in urn_map:
+            ref["reference"] = urn_map[value]
+        elif value.startswith("urn:uuid:") or value.startswith("urn:oid:"):
+            raise _bad(entry.index, f"{path}: {value} is not the fullUrl of any entry", "not-found")
+        elif "?" in value and is_resource_type(value.split("?", 1)[0]):
+            if value not in cache:
+                rtype, query = value.split("?", 1)
+                try:
+                    ids = services._search_ids(session, rtype, services.parse_query(query), limit=2)
+                except VetinhError as exc:
+                    raise _entry_error(entry.index, exc) from exc
+                if len(ids) != 1:
+                    raise _bad(
+                        entry.index,
+                        f"{path}: the conditional reference {value} matches {len(ids)} resources",
+                        "multiple-matches" if ids else "not-found",
+                        PreconditionFailed if ids else BadRequest,
+                    )
+                cache[value] = f"{rtype}/{ids[0]}"
+            ref["reference"] = cache[value]
+
+
+def _write_all(session: Session, entries: list[_Entry]) -> dict[int, EntryResult]:
+    """Turn the resolved entries into versions and write them as one batch."""
+    results: dict[int, EntryResult] = {}
+    by_type: dict[str, list[str]] = {}
+    for entry in entries:
+        if entry.method in ("PUT", "DELETE") and entry.target_id:
+            by_type.setdefault(entry.type, []).append(entry.target_id)
+    current = {
+        (rtype, rid): row
+        for rtype, ids in by_type.items()
+        for rid, row in services._current(session, rtype, ids, lock=True).items()
+    }
+    moment = services._now()
+    writes: list[tuple[_Entry, _Write, int]] = []
+    for entry in sorted(entries, key=lambda e: METHOD_ORDER[e.method]):
+        if entry.method in ("GET", "HEAD"):
+            continue
+        if entry.existing is not None:
+            results[entry.index] = _written(entry.existing, 200)
+            continue
+        row = current.get((entry.type, entry.target_id or ""))
+        if entry.method == "DELETE":
+            if row is None and entry.id is not None and not entry.query:
+                raise _bad(
+                    entry.index, f"{entry.type}/{entry.id} is not known", "not-found", services.NotFound
+                )
+            if row is None or row.deleted:
+                results[entry.index] = EntryResult(status=status_line(204))
+                continue
+            try:
+                services._expect_version(entry.if_match, row.version, f"{entry.type}/{row.res_id}")
+            except VetinhError as exc:
+                raise _entry_error(entry.index, exc) from exc
+            write = _Write(
+                entry.type, row.res_id, row.version + 1, "DELETE", moment, row.created, False, None, None
+            )
+            writes.append((entry, write, 204))
+            continue
+        assert entry.resource is not None
+        assert entry.target_id is not None
+        if entry.method == "PUT":
+            try:
+                services._expect_version(
+                    entry.if_match,
+                    row.version if row is not None and not row.deleted else None,
+                    f"{entry.type}/{entry.target_id}",
+                )
+            except VetinhError as exc:
+                raise _entry_error(entry.index, exc) from exc
+        version = 1 if row is None else row.version + 1
+        text = services._stamp(None, entry.resource, entry.target_id, version, moment)
+        write = _Write(
+            entry.type,
+            entry.target_id,
+            version,
+            entry.method,
+            moment,
+            moment if row is None else row.created,
+            row is None,
+            entry.resource,
+            text,
+        )
+        writes.append((entry, write, 201 if row is None or row.deleted else 200))
+    services._apply(session, [w for _, w, _ in writes])
+    for entry, write, code in writes:
+        stored = services._to_stored(write, created=code == 201)
+        results[entry.index] = EntryResult(status=status_line(204)) if code == 204 else _written(stored, code)
+    return results

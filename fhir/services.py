@@ -1,0 +1,1334 @@
+"""Keep FHIR resources: the in-process store API every context calls.
+
+Functions take a SQLAlchemy ``Session``, never touch ``request`` and never commit: the
+caller owns the unit of work. Writes validate the resource, stamp ``meta`` into the
+accepted JSON text, keep a history row and rewrite the search index rows in the same
+transaction. Raises ``his.errors`` exceptions: ``ValidationFailed`` (invalid resource,
+unknown reference), ``BadRequest``, ``NotFound``, ``Gone``, ``PreconditionFailed``.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import and_, false, func, insert, not_, or_, select
+from sqlalchemy.orm import Session
+from sqlalchemy.sql import ColumnElement, Select
+
+from fhir import jsontext
+from fhir.models import (
+    INDEX_TABLES,
+    FhirCompartment,
+    FhirIndexReference,
+    FhirResource,
+    FhirResourceHistory,
+)
+from fhir.searchparams import (
+    SearchParam,
+    compartment_patients,
+    date_range,
+    extract_values,
+    normalize_string,
+    params_for,
+    parse_reference,
+)
+from fhir.validation import is_resource_type, summary_elements, validate_resource
+from his.db import utcnow
+from his.errors import BadRequest, Gone, NotFound, PreconditionFailed, ValidationFailed
+
+ID_RE = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+DEFAULT_COUNT = 20
+MAX_COUNT = 1000
+CHUNK = 500
+PAGING_PARAMS = {"_count", "_getpagesoffset", "_snapshot"}
+RESULT_PARAMS = {
+    "_sort",
+    "_include",
+    "_revinclude",
+    "_include:iterate",
+    "_revinclude:iterate",
+    "_total",
+    "_summary",
+    "_elements",
+    "_format",
+    "_pretty",
+    *PAGING_PARAMS,
+}
+DATE_PREFIXES = ("eq", "ne", "lt", "gt", "le", "ge", "sa", "eb", "ap")
+
+
+@dataclass(frozen=True)
+class StoredResource:
+    """Carry one stored version: its type, id, version, time and the JSON text as stored."""
+
+    type: str
+    id: str
+    version_id: int
+    last_updated: datetime
+    text: str | None
+    deleted: bool = False
+    created: bool = False
+    method: str = ""
+
+    @property
+    def etag(self) -> str:
+        return f'W/"{self.version_id}"'
+
+    @property
+    def reference(self) -> str:
+        return f"{self.type}/{self.id}"
+
+    @property
+    def resource(self) -> dict[str, Any]:
+        """Return the stored resource parsed (decimals kept exact)."""
+        return self.json()
+
+    def json(self) -> dict[str, Any]:
+        """Parse the stored text (decimals kept exact)."""
+        if self.text is None:
+            raise Gone(f"{self.reference} was deleted", code="FHIR_DELETED")
+        return jsontext.loads(self.text)  # type: ignore[no-any-return]
+
+
+@dataclass
+class SearchResult:
+    """Hold one page of a search: matches, included resources, total and paging state."""
+
+    type: str | None
+    matches: list[StoredResource]
+    included: list[StoredResource]
+    total: int | None
+    offset: int
+    count: int
+    params: list[tuple[str, str]]
+    snapshot: str
+    warnings: list[str] = field(default_factory=list)
+    has_next: bool = False
+    summary: str | None = None
+    elements: tuple[str, ...] = ()
+
+
+@dataclass
+class EntryResult:
+    """Hold the outcome of one Bundle entry: status line, stored resource or outcome."""
+
+    status: str
+    stored: StoredResource | None = None
+    location: str | None = None
+    outcome: dict[str, Any] | None = None
+    search: SearchResult | None = None
+
+
+@dataclass
+class BundleResult:
+    """Hold the response of a batch or transaction, entries in request order."""
+
+    type: str
+    entries: list[EntryResult]
+
+
+@dataclass
+class _Write:
+    type: str
+    id: str
+    version: int
+    method: str
+    last_updated: datetime
+    created: datetime
+    is_new: bool
+    resource: dict[str, Any] | None
+    text: str | None
+
+
+def _now() -> datetime:
+    moment = utcnow().astimezone(UTC).replace(tzinfo=None)
+    return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
+
+
+def instant(moment: datetime) -> str:
+    """Format a naive-UTC or aware time as a FHIR instant with milliseconds."""
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC).replace(tzinfo=None)
+    return moment.isoformat(timespec="milliseconds") + "Z"
+
+
+def _stored(row: Any, *, created: bool = False, method: str = "") -> StoredResource:
+    return StoredResource(
+        type=row.res_type,
+        id=row.res_id,
+        version_id=row.version,
+        last_updated=row.last_updated.replace(tzinfo=UTC),
+        text=row.content,
+        deleted=bool(row.deleted),
+        created=created,
+        method=method,
+    )
+
+
+def _chunks(items: Sequence[Any], size: int = CHUNK) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _parse(resource: Mapping[str, Any] | str | bytes) -> tuple[dict[str, Any], str | None]:
+    if isinstance(resource, str | bytes):
+        text = resource.decode("utf-8") if isinstance(resource, bytes) else resource
+        parsed = jsontext.loads(text)
+        if not isinstance(parsed, dict):
+            raise BadRequest("The body must be a JSON object", code="FHIR_NOT_OBJECT")
+        return parsed, text
+    return dict(resource), None
+
+
+def _invalid(issues: list[dict[str, Any]]) -> ValidationFailed:
+    first = issues[0]
+    expression = (first.get("expression") or [""])[0]
+    return ValidationFailed(
+        first.get("diagnostics", "The resource is not valid"),
+        code="FHIR_INVALID",
+        fields={expression: first.get("diagnostics", "")} if expression else {},
+        extra={"issue": issues},
+    )
+
+
+def _require_valid(resource: dict[str, Any], prefix: str | None = None) -> None:
+    issues = validate_resource(resource, prefix)
+    if issues:
+        raise _invalid(issues)
+
+
+def _require_type(resource_type: str) -> None:
+    if not is_resource_type(resource_type):
+        raise NotFound(
+            f"Unknown resource type {resource_type!r}",
+            code="FHIR_UNKNOWN_TYPE",
+            extra={"issue": [_issue("not-supported", f"Unknown resource type {resource_type!r}")]},
+        )
+
+
+def _issue(
+    code: str, diagnostics: str, expression: str | None = None, severity: str = "error"
+) -> dict[str, Any]:
+    issue: dict[str, Any] = {"severity": severity, "code": code, "diagnostics": diagnostics}
+    if expression:
+        issue["expression"] = [expression]
+    return issue
+
+
+def _stamp(text: str | None, resource: dict[str, Any], rid: str, version: int, moment: datetime) -> str:
+    """Return the JSON text to store: as accepted, with ``id`` and ``meta`` set."""
+    meta = dict(resource.get("meta") or {})
+    meta["versionId"] = str(version)
+    meta["lastUpdated"] = instant(moment)
+    if text is not None and resource.get("id") == rid:
+        stamped = jsontext.patch_meta(text, resource, meta["versionId"], meta["lastUpdated"])
+    else:
+        ordered: dict[str, Any] = {"resourceType": resource["resourceType"], "id": rid, "meta": meta}
+        ordered.update((k, v) for k, v in resource.items() if k not in ordered)
+        stamped = jsontext.dumps(ordered)
+    resource["id"] = rid
+    resource["meta"] = meta
+    return stamped
+
+
+def _current(session: Session, rtype: str, ids: Iterable[str], *, lock: bool = False) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    id_list = list(dict.fromkeys(ids))
+    for part in _chunks(id_list):
+        stmt = select(FhirResource).where(FhirResource.res_type == rtype, FhirResource.res_id.in_(part))
+        if lock:
+            stmt = stmt.with_for_update()
+        for row in session.scalars(stmt):
+            found[row.res_id] = row
+    return found
+
+
+def index_rows(
+    rtype: str, rid: str, resource: dict[str, Any], moment: datetime
+) -> dict[str, list[dict[str, Any]]]:
+    """Compute the index rows of one resource, grouped by index kind."""
+    rows: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    base = {"res_type": rtype, "res_id": rid}
+    rows["date"].append({**base, "param": "_lastUpdated", "start": moment, "end": moment})
+    for param in params_for(rtype).values():
+        for values in extract_values(param, resource):
+            row = {**base, "param": param.name}
+            if param.kind == "string":
+                row.update(value=values[0], exact=values[1])
+            elif param.kind == "token":
+                row.update(system=values[0], code=values[1])
+            elif param.kind == "date":
+                row.update(start=values[0], end=values[1])
+            elif param.kind in ("number", "quantity"):
+                row.update(value=values[0], system=values[1], code=values[2])
+            elif param.kind == "reference":
+                row.update(target_type=values[0], target_id=values[1], url=values[2])
+            else:
+                row.update(value=values[0])
+            rows["quantity" if param.kind == "number" else param.kind].append(row)
+    return rows
+
+
+def _apply(session: Session, writes: Sequence[_Write]) -> None:
+    """Write current rows, history rows, index rows and compartments in batches."""
+    if not writes:
+        return
+    new_rows = [w for w in writes if w.is_new]
+    old_rows = [w for w in writes if not w.is_new]
+    if new_rows:
+        session.execute(
+            insert(FhirResource),
+            [
+                {
+                    "res_type": w.type,
+                    "res_id": w.id,
+                    "version": w.version,
+                    "created": w.created,
+                    "last_updated": w.last_updated,
+                    "deleted": w.resource is None,
+                    "content": w.text,
+                }
+                for w in new_rows
+            ],
+        )
+    for w in old_rows:
+        session.execute(
+            sa.update(FhirResource)
+            .where(FhirResource.res_type == w.type, FhirResource.res_id == w.id)
+            .values(
+                version=w.version, last_updated=w.last_updated, deleted=w.resource is None, content=w.text
+            )
+        )
+    session.execute(
+        insert(FhirResourceHistory),
+        [
+            {
+                "res_type": w.type,
+                "res_id": w.id,
+                "version": w.version,
+                "last_updated": w.last_updated,
+                "method": w.method,
+                "deleted": w.resource is None,
+                "content": w.text,
+            }
+            for w in writes
+        ],
+    )
+    stale: dict[str, list[str]] = defaultdict(list)
+    for w in old_rows:
+        stale[w.type].append(w.id)
+    for rtype, ids in stale.items():
+        for part in _chunks(ids):
+            for table in {id(t): t for t in INDEX_TABLES.values()}.values():
+                session.execute(sa.delete(table).where(table.c.res_type == rtype, table.c.res_id.in_(part)))
+            session.execute(
+                sa.delete(FhirCompartment).where(
+                    FhirCompartment.res_type == rtype, FhirCompartment.res_id.in_(part)
+                )
+            )
+    batched: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    compartments: list[dict[str, Any]] = []
+    for w in writes:
+        if w.resource is None:
+            continue
+        for kind, rows in index_rows(w.type, w.id, w.resource, w.last_updated).items():
+            batched[kind].extend(rows)
+        compartments.extend(
+            {"patient_id": pid, "res_type": w.type, "res_id": w.id}
+            for pid in compartment_patients(w.type, w.resource)
+        )
+    for kind, rows in batched.items():
+        if rows:
+            session.execute(insert(INDEX_TABLES[kind]), rows)
+    if compartments:
+        session.execute(insert(FhirCompartment), compartments)
+
+
+def _to_stored(w: _Write, *, created: bool) -> StoredResource:
+    return StoredResource(
+        type=w.type,
+        id=w.id,
+        version_id=w.version,
+        last_updated=w.last_updated.replace(tzinfo=UTC),
+        text=w.text,
+        deleted=w.resource is None,
+        created=created,
+        method=w.method,
+    )
+
+
+def _reference_paths(node: Any, path: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    if isinstance(node, dict):
+        if isinstance(node.get("reference"), str):
+            yield f"{path}.reference", node
+        for key, value in node.items():
+            if key != "contained":
+                yield from _reference_paths(value, f"{path}.{key}")
+    elif isinstance(node, list):
+        for index, item in enumerate(node):
+            yield from _reference_paths(item, f"{path}[{index}]")
+
+
+def _check_references(
+    session: Session,
+    items: Sequence[tuple[str, dict[str, Any]]],
+    pending: set[tuple[str, str]] | None = None,
+) -> None:
+    """Reject references to local resources that neither exist nor are being written.
+
+    ``items`` pairs an expression prefix (``Patient`` or ``Bundle.entry[2].resource``)
+    with the resource. Raises ValidationFailed naming the element of the first miss.
+    """
+    pending = pending or set()
+    wanted: dict[str, dict[str, str]] = defaultdict(dict)
+    for prefix, resource in items:
+        for path, ref in _reference_paths(resource, prefix):
+            rtype, rid, _ = parse_reference(ref["reference"])
+            if rtype and rid and is_resource_type(rtype) and (rtype, rid) not in pending:
+                wanted[rtype].setdefault(rid, path)
+    for rtype, ids in wanted.items():
+        present: set[str] = set()
+        id_list = list(ids)
+        for part in _chunks(id_list):
+            present.update(
+                session.scalars(
+                    select(FhirResource.res_id).where(
+                        FhirResource.res_type == rtype,
+                        FhirResource.res_id.in_(part),
+                        FhirResource.deleted == false(),
+                    )
+                )
+            )
+        for rid in id_list:
+            if rid not in present:
+                path = ids[rid]
+                message = f"{path}: the referenced resource {rtype}/{rid} does not exist"
+                raise ValidationFailed(
+                    message,
+                    code="FHIR_REFERENCE_NOT_FOUND",
+                    fields={path: message},
+                    extra={"issue": [_issue("not-found", message, path)]},
+                )
+
+
+def create(
+    session: Session,
+    resource: Mapping[str, Any] | str | bytes,
+    *,
+    if_none_exist: str | None = None,
+    check_references: bool = True,
+) -> StoredResource:
+    """Create a resource with a new server id; with ``if_none_exist``, only if no match.
+
+    Returns the new version (``created=True``) or the one existing match.
+    Raises ValidationFailed, BadRequest, PreconditionFailed (several matches).
+    """
+    parsed, text = _parse(resource)
+    rtype = str(parsed.get("resourceType") or "")
+    _require_valid(parsed)
+    if if_none_exist:
+        found = _conditional_match(session, rtype, if_none_exist)
+        if found is not None:
+            return found
+    if check_references:
+        _check_references(session, [(rtype, parsed)])
+    moment = _now()
+    rid = str(uuid.uuid4())
+    stamped = _stamp(text, parsed, rid, 1, moment)
+    write = _Write(rtype, rid, 1, "POST", moment, moment, True, parsed, stamped)
+    _apply(session, [write])
+    return _to_stored(write, created=True)
+
+
+def _conditional_match(session: Session, rtype: str, query: str) -> StoredResource | None:
+    """Return the one resource matching ``query``, None for none; 412 for several."""
+    params = parse_query(query)
+    if not params:
+        raise BadRequest("A conditional request needs search parameters", code="FHIR_CONDITION_EMPTY")
+    ids = _search_ids(session, rtype, params, limit=2)
+    if len(ids) > 1:
+        raise PreconditionFailed(
+            f"More than one {rtype} matches {query!r}",
+            code="FHIR_CONDITION_AMBIGUOUS",
+            extra={"issue": [_issue("multiple-matches", f"More than one {rtype} matches {query!r}")]},
+        )
+    if not ids:
+        return None
+    return read(session, rtype, ids[0])
+
+
+def read(session: Session, resource_type: str, resource_id: str) -> StoredResource:
+    """Return the current version. Raises NotFound, or Gone when it was deleted."""
+    _require_type(resource_type)
+    row = session.get(FhirResource, (resource_type, resource_id))
+    if row is None:
+        raise NotFound(
+            f"{resource_type}/{resource_id} is not known",
+            code="FHIR_NOT_FOUND",
+            extra={"issue": [_issue("not-found", f"{resource_type}/{resource_id} is not known")]},
+        )
+    if row.deleted:
+        raise Gone(
+            f"{resource_type}/{resource_id} was deleted",
+            code="FHIR_DELETED",
+            extra={"issue": [_issue("deleted", f"{resource_type}/{resource_id} was deleted")]},
+        )
+    return _stored(row)
+
+
+def vread(session: Session, resource_type: str, resource_id: str, version_id: str | int) -> StoredResource:
+    """Return one version. Raises NotFound, or Gone for the version that deleted it."""
+    _require_type(resource_type)
+    try:
+        version = int(version_id)
+    except (TypeError, ValueError):
+        version = -1
+    row = session.get(FhirResourceHistory, (resource_type, resource_id, version))
+    if row is None:
+        message = f"{resource_type}/{resource_id}/_history/{version_id} is not known"
+        raise NotFound(message, code="FHIR_NOT_FOUND", extra={"issue": [_issue("not-found", message)]})
+    if row.deleted:
+        message = f"{resource_type}/{resource_id} version {version} is a deletion"
+        raise Gone(message, code="FHIR_DELETED", extra={"issue": [_issue("deleted", message)]})
+    return _stored(row, method=row.method)
+
+
+def _expect_version(if_match: str | None, current: int | None, reference: str) -> None:
+    if if_match is None:
+        return
+    wanted = if_match.strip()
+    if wanted.startswith("W/"):
+        wanted = wanted[2:]
+    wanted = wanted.strip('"')
+    if current is None or wanted != str(current):
+        message = f"{reference} is at version {current}, not {wanted}"
+        raise PreconditionFailed(
+            message, code="FHIR_VERSION_CONFLICT", extra={"issue": [_issue("conflict", message)]}
+        )
+
+
+def update(
+    session: Session,
+    resource_type: str,
+    resource_id: str,
+    resource: Mapping[str, Any] | str | bytes,
+    *,
+    if_match: str | None = None,
+    check_references: bool = True,
+) -> StoredResource:
+    """Replace a resource with a new version, creating it under the client's id if new.
+
+    Raises BadRequest (id or type mismatch), ValidationFailed, PreconditionFailed
+    (``if_match`` is not the current version).
+    """
+    _require_type(resource_type)
+    parsed, text = _parse(resource)
+    if parsed.get("resourceType") != resource_type:
+        raise _wrong_type(resource_type, parsed.get("resourceType"))
+    if parsed.get("id") != resource_id:
+        message = f"The body's id {parsed.get('id')!r} does not match the URL's id {resource_id!r}"
+        raise BadRequest(
+            message,
+            code="FHIR_ID_MISMATCH",
+            extra={"issue": [_issue("invalid", message, f"{resource_type}.id")]},
+        )
+    if not ID_RE.match(resource_id):
+        raise BadRequest(f"{resource_id!r} is not a valid FHIR id", code="FHIR_BAD_ID")
+    _require_valid(parsed)
+    if check_references:
+        _check_references(session, [(resource_type, parsed)], {(resource_type, resource_id)})
+    row = _current(session, resource_type, [resource_id], lock=True).get(resource_id)
+    _expect_version(
+        if_match,
+        row.version if row is not None and not row.deleted else None,
+        f"{resource_type}/{resource_id}",
+    )
+    moment = _now()
+    version = 1 if row is None else row.version + 1
+    stamped = _stamp(text, parsed, resource_id, version, moment)
+    write = _Write(
+        resource_type,
+        resource_id,
+        version,
+        "PUT",
+        moment,
+        moment if row is None else row.created,
+        row is None,
+        parsed,
+        stamped,
+    )
+    _apply(session, [write])
+    return _to_stored(write, created=row is None or bool(row.deleted))
+
+
+def conditional_update(
+    session: Session,
+    resource_type: str,
+    query: str,
+    resource: Mapping[str, Any] | str | bytes,
+    *,
+    check_references: bool = True,
+) -> StoredResource:
+    """Update the one resource matching ``query``, or create one when none matches.
+
+    Raises PreconditionFailed when several match, BadRequest when the body's id
+    names another resource.
+    """
+    _require_type(resource_type)
+    parsed, text = _parse(resource)
+    match = _conditional_match(session, resource_type, query)
+    if match is None:
+        if parsed.get("id"):
+            return update(
+                session,
+                resource_type,
+                str(parsed["id"]),
+                text if text is not None else parsed,
+                check_references=check_references,
+            )
+        if parsed.get("resourceType") != resource_type:
+            raise _wrong_type(resource_type, parsed.get("resourceType"))
+        return create(session, text if text is not None else parsed, check_references=check_references)
+    if parsed.get("id") not in (None, match.id):
+        raise BadRequest(
+            f"The body's id {parsed.get('id')!r} is not the matching resource {match.id!r}",
+            code="FHIR_ID_MISMATCH",
+        )
+    if "id" not in parsed:
+        parsed = {"resourceType": parsed.get("resourceType"), "id": match.id, **parsed}
+        text = None
+    return update(
+        session,
+        resource_type,
+        match.id,
+        text if text is not None else parsed,
+        check_references=check_references,
+    )
+
+
+def _wrong_type(expected: str, got: Any) -> BadRequest:
+    message = f"Expected a {expected} resource, got {got!r}"
+    return BadRequest(
+        message,
+        code="FHIR_WRONG_TYPE",
+        extra={"issue": [_issue("invalid", message, "resourceType")]},
+    )
+
+
+def delete_resource(
+    session: Session, resource_type: str, resource_id: str, *, if_match: str | None = None
+) -> StoredResource | None:
+    """Delete logically: a new, empty version. Returns it, or None if already deleted.
+
+    Raises NotFound for an unknown resource and PreconditionFailed for a stale ``if_match``.
+    """
+    _require_type(resource_type)
+    row = _current(session, resource_type, [resource_id], lock=True).get(resource_id)
+    if row is None:
+        message = f"{resource_type}/{resource_id} is not known"
+        raise NotFound(message, code="FHIR_NOT_FOUND", extra={"issue": [_issue("not-found", message)]})
+    _expect_version(if_match, None if row.deleted else row.version, f"{resource_type}/{resource_id}")
+    if row.deleted:
+        return None
+    moment = _now()
+    write = _Write(
+        resource_type, resource_id, row.version + 1, "DELETE", moment, row.created, False, None, None
+    )
+    _apply(session, [write])
+    return _to_stored(write, created=False)
+
+
+delete = delete_resource
+
+
+def conditional_delete(session: Session, resource_type: str, query: str) -> StoredResource | None:
+    """Delete the one resource matching ``query`` (none is fine; several is a 412)."""
+    match = _conditional_match(session, resource_type, query)
+    if match is None:
+        return None
+    return delete_resource(session, resource_type, match.id)
+
+
+def history(
+    session: Session,
+    resource_type: str | None = None,
+    resource_id: str | None = None,
+    *,
+    since: str | None = None,
+    count: int = DEFAULT_COUNT,
+    offset: int = 0,
+) -> tuple[list[StoredResource], int]:
+    """Return one page of versions, newest first, and the total, at any of three levels.
+
+    Raises NotFound for the history of an unknown resource, BadRequest for a bad ``since``.
+    """
+    H = FhirResourceHistory
+    conditions: list[ColumnElement[bool]] = []
+    if resource_type is not None:
+        _require_type(resource_type)
+        conditions.append(H.res_type == resource_type)
+    if resource_id is not None:
+        conditions.append(H.res_id == resource_id)
+    if since:
+        try:
+            conditions.append(H.last_updated >= date_range(since)[0])
+        except ValueError as exc:
+            raise BadRequest(f"_since: {exc}", code="FHIR_BAD_PARAM", fields={"_since": str(exc)}) from exc
+    total = session.scalar(select(func.count()).select_from(H).where(*conditions)) or 0
+    if resource_id is not None and total == 0 and not since:
+        raise NotFound(f"{resource_type}/{resource_id} is not known", code="FHIR_NOT_FOUND")
+    rows = session.scalars(
+        select(H)
+        .where(*conditions)
+        .order_by(H.last_updated.desc(), H.version.desc(), H.res_type, H.res_id)
+        .offset(offset)
+        .limit(count)
+    )
+    return [_stored(row, method=row.method) for row in rows], int(total)
+
+
+def parse_query(query: str) -> list[tuple[str, str]]:
+    """Split a query string (``a=1&b=2``) into pairs, percent-decoding them."""
+    from urllib.parse import parse_qsl
+
+    return parse_qsl(query.lstrip("?"), keep_blank_values=True)
+
+
+def _split_values(raw: str) -> list[str]:
+    parts = re.split(r"(?<!\\),", raw)
+    return [p.replace("\\,", ",").replace("\\|", "|").replace("\\$", "$") for p in parts]
+
+
+def _bad_param(name: str, message: str) -> BadRequest:
+    return BadRequest(
+        f"{name}: {message}",
+        code="FHIR_BAD_SEARCH",
+        fields={name: message},
+        extra={"issue": [_issue("invalid", f"Search parameter {name}: {message}", name)]},
+    )
+
+
+def _like_escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _number_bounds(raw: str) -> tuple[float, float, float]:
+    value = float(raw)
+    mantissa = raw.lower().split("e")[0]
+    decimals = len(mantissa.split(".")[1]) if "." in mantissa else 0
+    half = 0.5 * 10 ** (-decimals)
+    return value, value - half, value + half
+
+
+def _prefix(raw: str) -> tuple[str, str]:
+    if len(raw) > 2 and raw[:2] in DATE_PREFIXES and not raw[:2].isdigit():
+        return raw[:2], raw[2:]
+    return "eq", raw
+
+
+def _value_condition(param: SearchParam, modifier: str | None, raw: str, table: Any) -> ColumnElement[bool]:
+    """Build the SQL condition on one index table row for one search value."""
+    name = param.name
+    kind = param.kind
+    if kind == "string":
+        if modifier == "exact":
+            return table.c.exact == raw
+        folded = _like_escape(normalize_string(raw))
+        if modifier == "contains":
+            return table.c.value.like(f"%{folded}%", escape="\\")
+        if modifier is None:
+            return table.c.value.like(f"{folded}%", escape="\\")
+        raise _bad_param(name, f"modifier :{modifier} is not supported for strings")
+    if kind == "token":
+        if modifier not in (None, "not"):
+            raise _bad_param(name, f"modifier :{modifier} is not supported for tokens")
+        if "|" in raw:
+            system, code = raw.split("|", 1)
+            parts: list[ColumnElement[bool]] = [
+                table.c.system.is_(None) if system == "" else table.c.system == system
+            ]
+            if code:
+                parts.append(table.c.code == code)
+            return and_(*parts)
+        return table.c.code == raw
+    if kind == "date":
+        prefix, value = _prefix(raw)
+        try:
+            low, high = date_range(value)
+        except ValueError as exc:
+            raise _bad_param(name, f"{raw!r} is not a valid date") from exc
+        start, end = table.c.start, table.c.end
+        conditions = {
+            "eq": and_(start >= low, end <= high),
+            "ne": not_(and_(start >= low, end <= high)),
+            "lt": start < low,
+            "gt": end > high,
+            "le": start <= high,
+            "ge": end >= low,
+            "sa": start > high,
+            "eb": end < low,
+            "ap": and_(start <= high, end >= low),
+        }
+        return conditions[prefix]
+    if kind in ("number", "quantity"):
+        number, _, rest = raw.partition("|")
+        prefix, value = _prefix(number)
+        try:
+            exact, low, high = _number_bounds(value)
+        except ValueError as exc:
+            raise _bad_param(name, f"{raw!r} is not a valid number") from exc
+        column = table.c.value
+        margin = abs(exact) * 0.1
+        numeric = {
+            "eq": and_(column >= low, column < high),
+            "ne": not_(and_(column >= low, column < high)),
+            "lt": column < exact,
+            "gt": column > exact,
+            "le": column <= exact,
+            "ge": column >= exact,
+            "sa": column > exact,
+            "eb": column < exact,
+            "ap": and_(column >= exact - margin, column <= exact + margin),
+        }[prefix]
+        if rest:
+            system, _, code = rest.partition("|") if "|" in rest else ("", "", rest)
+            extra: list[ColumnElement[bool]] = [numeric]
+            if system:
+                extra.append(table.c.system == system)
+            if code:
+                extra.append(table.c.code == code)
+            return and_(*extra)
+        return numeric
+    if kind == "reference":
+        if "://" in raw:
+            rtype, rid, _ = parse_reference(raw.split("://", 1)[1].split("/", 1)[-1])
+            return (
+                or_(table.c.url == raw, and_(table.c.target_type == rtype, table.c.target_id == rid))
+                if rtype
+                else table.c.url == raw
+            )
+        if "/" in raw:
+            rtype, rid, _ = parse_reference(raw)
+            if rtype is None:
+                raise _bad_param(name, f"{raw!r} is not a valid reference")
+            return and_(table.c.target_type == rtype, table.c.target_id == rid)
+        if modifier and modifier[:1].isupper():
+            return and_(table.c.target_type == modifier, table.c.target_id == raw)
+        return table.c.target_id == raw
+    if kind == "uri":
+        if modifier == "below":
+            return table.c.value.like(f"{_like_escape(raw)}%", escape="\\")
+        return table.c.value == raw
+    raise _bad_param(name, f"kind {kind} is not searchable")
+
+
+def _param_ids(rtype: str, key: str, raw_values: str) -> tuple[Select[Any], bool]:
+    """Return a select of ids matching ``key=raw_values`` and whether to negate it.
+
+    Raises BadRequest for an unknown parameter, modifier or malformed value.
+    """
+    chain = None
+    if "." in key:
+        key, chain = key.split(".", 1)
+    name, _, modifier_text = key.partition(":")
+    modifier = modifier_text or None
+    if name == "_lastUpdated":
+        param = SearchParam("_lastUpdated", "date", ())
+    else:
+        found = params_for(rtype).get(name)
+        if found is None:
+            raise KeyError(name)
+        param = found
+    table = INDEX_TABLES[param.kind]
+    base = [table.c.res_type == rtype, table.c.param == param.name]
+    if modifier == "missing":
+        present = select(table.c.res_id).where(*base)
+        return present, raw_values == "true"
+    if chain is not None:
+        if param.kind != "reference":
+            raise _bad_param(name, "only reference parameters can be chained")
+        target = modifier or (param.targets[0] if len(param.targets) == 1 else None)
+        if target is None or not is_resource_type(target):
+            raise _bad_param(name, "name the target type of the chain, as in subject:Patient.name")
+        try:
+            inner, negate = _param_ids(target, chain, raw_values)
+        except KeyError as exc:
+            raise _bad_param(f"{key}.{chain}", f"{target} has no search parameter {exc.args[0]!r}") from exc
+        target_ids = (
+            inner
+            if not negate
+            else select(FhirResource.res_id).where(
+                FhirResource.res_type == target, FhirResource.res_id.not_in(inner)
+            )
+        )
+        stmt = select(table.c.res_id).where(
+            *base, table.c.target_type == target, table.c.target_id.in_(target_ids)
+        )
+        return stmt, False
+    values = _split_values(raw_values)
+    if not any(values):
+        raise _bad_param(name, "a value is required")
+    condition = or_(*(_value_condition(param, modifier, v, table) for v in values if v != ""))
+    return select(table.c.res_id).where(*base, condition), modifier == "not"
+
+
+def _search_ids(
+    session: Session, rtype: str, params: Sequence[tuple[str, str]], limit: int | None = None
+) -> list[str]:
+    stmt, _warnings = _build(rtype, params, strict=True)
+    if limit is not None:
+        stmt = stmt.limit(limit)
+    return list(session.scalars(stmt))
+
+
+def _build(
+    rtype: str,
+    params: Sequence[tuple[str, str]],
+    *,
+    strict: bool,
+    compartment: str | None = None,
+    snapshot: datetime | None = None,
+    visible_patients: Select[Any] | None = None,
+) -> tuple[Select[Any], list[str]]:
+    R = FhirResource
+    stmt = select(R.res_id).where(R.res_type == rtype, R.deleted == false())
+    warnings: list[str] = []
+    for key, raw in params:
+        if key in RESULT_PARAMS or key.startswith("_include") or key.startswith("_revinclude"):
+            continue
+        if key == "_id":
+            stmt = stmt.where(R.res_id.in_(_split_values(raw)))
+            continue
+        try:
+            ids, negate = _param_ids(rtype, key, raw)
+        except KeyError:
+            message = f"Unknown search parameter {key!r} for {rtype}"
+            if strict:
+                raise BadRequest(
+                    message,
+                    code="FHIR_UNKNOWN_PARAM",
+                    fields={key: message},
+                    extra={"issue": [_issue("not-supported", message, key)]},
+                ) from None
+            warnings.append(message)
+            continue
+        stmt = stmt.where(R.res_id.not_in(ids) if negate else R.res_id.in_(ids))
+    if compartment is not None:
+        if rtype == "Patient":
+            stmt = stmt.where(R.res_id == compartment)
+        else:
+            stmt = stmt.where(
+                R.res_id.in_(
+                    select(FhirCompartment.res_id).where(
+                        FhirCompartment.patient_id == compartment, FhirCompartment.res_type == rtype
+                    )
+                )
+            )
+    if visible_patients is not None:
+        if rtype == "Patient":
+            stmt = stmt.where(R.res_id.in_(visible_patients))
+        else:
+            hidden = select(FhirCompartment.res_id).where(
+                FhirCompartment.res_type == rtype, FhirCompartment.patient_id.not_in(visible_patients)
+            )
+            stmt = stmt.where(R.res_id.not_in(hidden))
+    if snapshot is not None:
+        stmt = stmt.where(R.created <= snapshot)
+    return stmt, warnings
+
+
+def _sort_columns(rtype: str, sort: str) -> list[Any]:
+    R = FhirResource
+    columns: list[Any] = []
+    for key in (k.strip() for k in sort.split(",") if k.strip()):
+        descending = key.startswith("-")
+        name = key.lstrip("-")
+        if name == "_id":
+            column: Any = R.res_id
+        elif name == "_lastUpdated":
+            column = R.last_updated
+        else:
+            param = params_for(rtype).get(name)
+            if param is None:
+                raise _bad_param("_sort", f"{rtype} has no search parameter {name!r}")
+            table = INDEX_TABLES[param.kind]
+            value = {
+                "string": table.c.value if param.kind == "string" else None,
+                "token": table.c.code if param.kind == "token" else None,
+                "date": (table.c.end if descending else table.c.start) if param.kind == "date" else None,
+                "number": table.c.value if param.kind in ("number", "quantity") else None,
+                "quantity": table.c.value if param.kind in ("number", "quantity") else None,
+                "reference": table.c.target_id if param.kind == "reference" else None,
+                "uri": table.c.value if param.kind == "uri" else None,
+            }[param.kind]
+            aggregate = func.max(value) if descending else func.min(value)
+            column = (
+                select(aggregate)
+                .where(
+                    table.c.res_type == R.res_type, table.c.res_id == R.res_id, table.c.param == param.name
+                )
+                .scalar_subquery()
+            )
+        columns.append(column.desc().nulls_last() if descending else column.asc().nulls_last())
+    return columns
+
+
+def _fetch(session: Session, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], StoredResource]:
+    by_type: dict[str, list[str]] = defaultdict(list)
+    for rtype, rid in keys:
+        by_type[rtype].append(rid)
+    found: dict[tuple[str, str], StoredResource] = {}
+    for rtype, ids in by_type.items():
+        for part in _chunks(list(dict.fromkeys(ids))):
+            for row in session.scalars(
+                select(FhirResource).where(
+                    FhirResource.res_type == rtype,
+                    FhirResource.res_id.in_(part),
+                    FhirResource.deleted == false(),
+                )
+            ):
+                found[(row.res_type, row.res_id)] = _stored(row)
+    return found
+
+
+def _parse_include(raw: str, reverse: bool) -> tuple[str, str, str | None]:
+    parts = raw.split(":")
+    if len(parts) not in (2, 3) or not is_resource_type(parts[0]):
+        raise _bad_param("_revinclude" if reverse else "_include", f"{raw!r} is not Type:parameter[:target]")
+    param = params_for(parts[0]).get(parts[1])
+    if parts[1] != "*" and (param is None or param.kind != "reference"):
+        raise _bad_param(
+            "_revinclude" if reverse else "_include", f"{parts[0]} has no reference parameter {parts[1]!r}"
+        )
+    return parts[0], parts[1], parts[2] if len(parts) == 3 else None
+
+
+def _includes(
+    session: Session,
+    base: list[tuple[str, str]],
+    includes: list[tuple[str, str, str | None, bool]],
+    revincludes: list[tuple[str, str, str | None, bool]],
+    limit: int = MAX_COUNT,
+) -> list[tuple[str, str]]:
+    Ref = FhirIndexReference
+    seen = set(base)
+    result: list[tuple[str, str]] = []
+    frontier = list(base)
+    for round_number in range(5):
+        if not frontier or len(result) >= limit:
+            break
+        found: list[tuple[str, str]] = []
+        by_type: dict[str, list[str]] = defaultdict(list)
+        for rtype, rid in frontier:
+            by_type[rtype].append(rid)
+        for source, param, target, iterate in includes:
+            if round_number and not iterate:
+                continue
+            for part in _chunks(by_type.get(source, [])):
+                stmt = select(Ref.target_type, Ref.target_id).where(
+                    Ref.res_type == source, Ref.res_id.in_(part), Ref.target_id.is_not(None)
+                )
+                if param != "*":
+                    stmt = stmt.where(Ref.param == param)
+                if target:
+                    stmt = stmt.where(Ref.target_type == target)
+                found.extend((t, i) for t, i in session.execute(stmt))
+        for source, param, target, iterate in revincludes:
+            if round_number and not iterate:
+                continue
+            for rtype, ids in by_type.items():
+                if target and target != rtype:
+                    continue
+                for part in _chunks(ids):
+                    stmt = select(Ref.res_type, Ref.res_id).where(
+                        Ref.res_type == source, Ref.target_type == rtype, Ref.target_id.in_(part)
+                    )
+                    if param != "*":
+                        stmt = stmt.where(Ref.param == param)
+                    found.extend((t, i) for t, i in session.execute(stmt))
+        frontier = []
+        for key in found:
+            if key not in seen:
+                seen.add(key)
+                frontier.append(key)
+                result.append(key)
+        if not any(i[3] for i in (*includes, *revincludes)):
+            break
+    return result[:limit]
+
+
+def search(
+    session: Session,
+    resource_type: str,
+    params: Sequence[tuple[str, str]] | Mapping[str, str],
+    *,
+    strict: bool = False,
+    compartment: str | None = None,
+    visible_patients: Select[Any] | None = None,
+) -> SearchResult:
+    """Search one type: index SQL returns ids, then the stored JSON of one page.
+
+    ``params`` are (name, value) pairs as in a query string, including ``_count``,
+    ``_sort``, ``_include``, ``_revinclude``, ``_total``, ``_summary`` and ``_elements``.
+    ``compartment`` limits the search to one patient's compartment, ``visible_patients``
+    (a select of patient ids) hides what belongs to any other patient. Unknown parameters
+    become warnings, or a BadRequest when ``strict``. Raises BadRequest for bad values.
+    """
+    _require_type(resource_type)
+    pairs = list(params.items()) if isinstance(params, Mapping) else list(params)
+    settings = {k: v for k, v in pairs if k in RESULT_PARAMS}
+    try:
+        count = min(int(settings.get("_count", DEFAULT_COUNT)), MAX_COUNT)
+        offset = max(int(settings.get("_getpagesoffset", 0)), 0)
+    except ValueError as exc:
+        raise _bad_param("_count", "must be a whole number") from exc
+    if count < 0:
+        raise _bad_param("_count", "must not be negative")
+    snapshot_text = settings.get("_snapshot") or instant(_now())
+    try:
+        snapshot = date_range(snapshot_text)[1]
+    except ValueError as exc:
+        raise _bad_param("_snapshot", "is not an instant") from exc
+    summary = settings.get("_summary")
+    if summary not in (None, "true", "false", "count", "text", "data"):
+        raise _bad_param("_summary", f"{summary!r} is not supported")
+    stmt, warnings = _build(
+        resource_type,
+        pairs,
+        strict=strict,
+        compartment=compartment,
+        snapshot=snapshot,
+        visible_patients=visible_patients,
+    )
+    total_mode = settings.get("_total", "accurate")
+    total: int | None = None
+    if total_mode != "none" or summary == "count" or count == 0:
+        total = int(session.scalar(select(func.count()).select_from(stmt.subquery())) or 0)
+    matches: list[StoredResource] = []
+    included: list[StoredResource] = []
+    has_next = False
+    if summary != "count" and count > 0:
+        order = _sort_columns(resource_type, settings["_sort"]) if settings.get("_sort") else []
+        order.append(FhirResource.res_id.asc())
+        page_stmt = (
+            select(FhirResource)
+            .where(FhirResource.res_type == resource_type, FhirResource.res_id.in_(stmt))
+            .order_by(*order)
+            .offset(offset)
+            .limit(count + 1)
+        )
+        rows = list(session.scalars(page_stmt))
+        has_next = len(rows) > count
+        matches = [_stored(row) for row in rows[:count]]
+        includes = [
+            (*_parse_include(v, False), k.endswith(":iterate")) for k, v in pairs if k.startswith("_include")
+        ]
+        revincludes = [
+            (*_parse_include(v, True), k.endswith(":iterate"))
+            for k, v in pairs
+            if k.startswith("_revinclude")
+        ]
+        if matches and (includes or revincludes):
+            keys = _includes(session, [(m.type, m.id) for m in matches], includes, revincludes)
+            fetched = _fetch(session, keys)
+            if compartment is not None:
+                allowed = in_compartment(session, compartment, list(fetched))
+                fetched = {k: v for k, v in fetched.items() if k in allowed}
+            included = [fetched[k] for k in keys if k in fetched]
+    elements = tuple(e.strip() for e in settings.get("_elements", "").split(",") if e.strip())
+    kept = [(k, v) for k, v in pairs if k not in PAGING_PARAMS]
+    return SearchResult(
+        type=resource_type,
+        matches=matches,
+        included=included,
+        total=total,
+        offset=offset,
+        count=count,
+        params=kept,
+        snapshot=instant(snapshot),
+        warnings=warnings,
+        has_next=has_next,
+        summary=summary,
+        elements=elements,
+    )
+
+
+def in_compartment(
+    session: Session, patient_id: str, keys: Sequence[tuple[str, str]]
+) -> set[tuple[str, str]]:
+    """Return which of ``keys`` belong to the patient's compartment."""
+    allowed = {k for k in keys if k == ("Patient", patient_id)}
+    by_type: dict[str, list[str]] = defaultdict(list)
+    for rtype, rid in keys:
+        by_type[rtype].append(rid)
+    for rtype, ids in by_type.items():
+        for part in _chunks(ids):
+            allowed.update(
+                (rtype, rid)
+                for rid in session.scalars(
+                    select(FhirCompartment.res_id).where(
+                        FhirCompartment.patient_id == patient_id,
+                        FhirCompartment.res_type == rtype,
+                        FhirCompartment.res_id.in_(part),
+                    )
+                )
+            )
+    return allowed
+
+
+def compartments_of(session: Session, resource_type: str, resource_id: str) -> set[str]:
+    """Return the ids of the patients whose compartment holds this resource."""
+    if resource_type == "Patient":
+        return {resource_id}
+    return set(
+        session.scalars(
+            select(FhirCompartment.patient_id).where(
+                FhirCompartment.res_type == resource_type, FhirCompartment.res_id == resource_id
+            )
+        )
+    )
+
+
+def search_patients_named(params: Sequence[tuple[str, str]], resource_type: str) -> set[str]:
+    """Return the patient ids a search names explicitly (``patient=``, ``subject=Patient/…``)."""
+    named: set[str] = set()
+    for key, raw in params:
+        name, _, modifier = key.partition(":")
+        if resource_type == "Patient" and name == "_id":
+            named.update(_split_values(raw))
+            continue
+        param = params_for(resource_type).get(name.split(".")[0])
+        if param is None or param.kind != "reference" or "." in key:
+            continue
+        for value in _split_values(raw):
+            rtype, rid, _ = parse_reference(value) if "/" in value else (None, value, None)
+            patient_like = rtype == "Patient" or (
+                rtype is None and (modifier == "Patient" or param.targets == ("Patient",))
+            )
+            if patient_like and rid:
+                named.add(rid)
+    return named
+
+
+def everything(
+    session: Session,
+    patient_id: str,
+    *,
+    since: str | None = None,
+    count: int | None = None,
+    offset: int = 0,
+) -> tuple[list[StoredResource], int]:
+    """Return the patient, every resource in their compartment and what those reference.
+
+    The patient comes first, then the rest by type and id. Raises NotFound or Gone for
+    the patient, BadRequest for a bad ``since``.
+    """
+    read(session, "Patient", patient_id)
+    C = FhirCompartment
+    Ref = FhirIndexReference
+    members = [
+        (t, i) for t, i in session.execute(select(C.res_type, C.res_id).where(C.patient_id == patient_id))
+    ]
+    referenced = session.execute(
+        select(Ref.target_type, Ref.target_id)
+        .join(C, and_(C.res_type == Ref.res_type, C.res_id == Ref.res_id))
+        .where(C.patient_id == patient_id, Ref.target_id.is_not(None))
+        .distinct()
+    )
+    keys = [
+        ("Patient", patient_id),
+        *sorted(set(members) | {(t, i) for t, i in referenced} - {("Patient", patient_id)}),
+    ]
+    if since:
+        try:
+            cutoff = date_range(since)[0]
+        except ValueError as exc:
+            raise _bad_param("_since", "is not an instant") from exc
+    fetched = _fetch(session, keys)
+    ordered = [fetched[k] for k in keys if k in fetched]
+    if since:
+        ordered = [r for r in ordered if r.last_updated.replace(tzinfo=None) >= cutoff]
+    total = len(ordered)
+    page = ordered[offset : offset + count] if count is not None else ordered[offset:]
+    return page, total
+
+
+def shape(stored: StoredResource, summary: str | None, elements: Sequence[str]) -> str:
+    """Return the text to send for ``_summary``/``_elements`` (the stored text when neither)."""
+    text = stored.text or ""
+    if summary in (None, "false") and not elements:
+        return text
+    resource = jsontext.loads(text)
+    if summary == "text":
+        keep = {"resourceType", "id", "meta", "text"}
+        resource = {k: v for k, v in resource.items() if k in keep}
+    elif summary == "data":
+        resource.pop("text", None)
+    elif summary == "true":
+        keep = summary_elements(stored.type)
+        resource = {k: v for k, v in resource.items() if k in keep}
+    elif elements:
+        keep = {"resourceType", "id", "meta", *elements}
+        resource = {k: v for k, v in resource.items() if k in keep}
+    meta = dict(resource.get("meta") or {})
+    tags = list(meta.get("tag") or [])
+    tags.append({"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "code": "SUBSETTED"})
+    meta["tag"] = tags
+    resource["meta"] = meta
+    return jsontext.dumps(resource)
+
+
+def validate(
+    resource: Mapping[str, Any] | str | bytes, resource_type: str | None = None
+) -> list[dict[str, Any]]:
+    """Return the OperationOutcome issues of a resource (empty when valid); never writes."""
+    parsed, _ = _parse(resource)
+    if resource_type and parsed.get("resourceType") != resource_type:
+        return [
+            _issue(
+                "invalid",
+                f"Expected a {resource_type} resource, got {parsed.get('resourceType')!r}",
+                "resourceType",
+            )
+        ]
+    return validate_resource(parsed)
+
+
+def transaction(
+    session: Session, bundle: Mapping[str, Any] | str | bytes, *, check_references: bool = True
+) -> BundleResult:
+    """Process a batch or transaction Bundle (see ``fhir.bundles``)."""
+    from fhir import bundles
+
+    return bundles.process(session, bundle, check_references=check_references)
+
+
+batch = transaction
+
+__all__ = [
+    "BundleResult",
+    "EntryResult",
+    "SearchResult",
+    "StoredResource",
+    "batch",
+    "conditional_delete",
+    "conditional_update",
+    "create",
+    "delete",
+    "everything",
+    "history",
+    "read",
+    "search",
+    "shape",
+    "transaction",
+    "update",
+    "validate",
+    "vread",
+]

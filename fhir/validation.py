@@ -1,0 +1,112 @@
+"""Validate resources with fhir.resources' R4B models: the one module that picks the release.
+
+Errors come back as OperationOutcome issues whose ``expression`` names the element
+(``Patient.birthDate``, ``Questionnaire.item[0].item[0].linkId``).
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+from pydantic import ValidationError
+
+from fhir.resources.R4B import fhirtypes, get_fhir_model_class
+from fhir.resources.R4B.resource import Resource
+
+FHIR_VERSION = "4.0.1"
+_ABSTRACT = frozenset({"Resource", "DomainResource"})
+
+_CODES = {
+    "missing": "required",
+    "model_field_validation.missing": "required",
+    "extra_forbidden": "structure",
+    "fhir-validation-wrong-resource-type": "invalid",
+}
+
+
+@cache
+def is_resource_type(name: str) -> bool:
+    """Tell whether ``name`` is a concrete resource type of the release we speak."""
+    if not name or not name[:1].isupper() or not name.isalnum() or name in _ABSTRACT:
+        return False
+    try:
+        model = get_fhir_model_class(name)
+    except (KeyError, ValueError, ImportError, AttributeError):
+        return False
+    return issubclass(model, Resource)
+
+
+@cache
+def resource_types() -> tuple[str, ...]:
+    """Return every concrete resource type, sorted (imports every model once: about a second)."""
+    names = (n[: -len("Type")] for n in dir(fhirtypes) if n.endswith("Type") and n[:1].isupper())
+    return tuple(sorted(n for n in names if is_resource_type(n)))
+
+
+@cache
+def summary_elements(resource_type: str) -> frozenset[str]:
+    """Return the top-level elements that ``_summary=true`` keeps for ``resource_type``."""
+    model = get_fhir_model_class(resource_type)
+    names = {"resourceType", "id", "meta"}
+    for name, field in model.model_fields.items():
+        extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+        if extra.get("summary_element_property"):
+            names.add(field.alias or name)
+    return frozenset(names)
+
+
+def validate_resource(resource: Any, prefix: str | None = None) -> list[dict[str, Any]]:
+    """Validate one resource and return OperationOutcome issues (empty when it is valid).
+
+    ``prefix`` replaces the resource type at the start of each expression, so an error
+    inside a Bundle entry reads ``Bundle.entry[3].resource.birthDate``.
+    """
+    if not isinstance(resource, dict):
+        return [_issue("structure", "A resource must be a JSON object", prefix or "Resource")]
+    rtype = resource.get("resourceType")
+    if not isinstance(rtype, str) or not is_resource_type(rtype):
+        return [
+            _issue(
+                "structure",
+                f"Unknown or missing resourceType {rtype!r}",
+                f"{prefix}.resourceType" if prefix else "resourceType",
+            )
+        ]
+    try:
+        get_fhir_model_class(rtype).model_validate(resource)
+    except ValidationError as exc:
+        return [_issue_from_error(error, prefix or rtype) for error in exc.errors()]
+    except (ValueError, TypeError) as exc:
+        return [_issue("invalid", str(exc), prefix or rtype)]
+    return []
+
+
+def _issue_from_error(error: Any, root: str) -> dict[str, Any]:
+    path = root
+    for part in error.get("loc", ()):
+        if isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            name = str(part)
+            if name == "resource_type":
+                name = "resourceType"
+            elif name.endswith("__ext"):
+                name = "_" + name[: -len("__ext")]
+            elif name.endswith("_fhir"):
+                name = name[: -len("_fhir")]
+            path += f".{name}"
+    kind = error.get("type", "")
+    message = error.get("msg", "invalid value")
+    if kind == "extra_forbidden":
+        message = f"Unknown element '{path.rsplit('.', 1)[-1]}'"
+    return _issue(_CODES.get(kind, "value"), f"{path}: {message}", path)
+
+
+def _issue(code: str, diagnostics: str, expression: str) -> dict[str, Any]:
+    return {
+        "severity": "error",
+        "code": code,
+        "diagnostics": diagnostics,
+        "expression": [expression],
+    }
