@@ -268,7 +268,7 @@ def default_holder_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
-class LeasedExecutor(ThreadPoolExecutor):  # type: ignore[misc]
+class LeasedExecutor(ThreadPoolExecutor):
     """Run each job in a thread, in the app's context, only while holding its lease."""
 
     def __init__(self, app: Flask, leases: JobLeases, max_workers: int = DEFAULT_WORKERS):
