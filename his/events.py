@@ -253,6 +253,10 @@ class RedisEventBus:
 
         self.url = url
         self.prefix = prefix
+        # Named, so an operator's CLIENT LIST shows which deployment listens where.
+        self.listener_name = "vetinh-events-" + "".join(ch if ch.isalnum() else "-" for ch in prefix).strip(
+            "-"
+        )
         self.hub = _LocalHub()
         # Short timeouts: a publisher in a request must not hang on a sick Redis.
         self._client = redis.Redis.from_url(
@@ -314,7 +318,12 @@ class RedisEventBus:
         pattern = _escape_glob(self.prefix) + "*"
         backoff = 0.2
         while not self._stopping.is_set():
-            client = redis.Redis.from_url(self.url, socket_connect_timeout=2.0, health_check_interval=10)
+            client = redis.Redis.from_url(
+                self.url,
+                socket_connect_timeout=2.0,
+                health_check_interval=10,
+                client_name=self.listener_name,
+            )
             pubsub = client.pubsub(ignore_subscribe_messages=False)
             try:
                 pubsub.psubscribe(pattern)

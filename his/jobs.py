@@ -415,8 +415,12 @@ def run_scheduler(
 
         for stop_signal in (signal.SIGTERM, signal.SIGINT):
             previous[stop_signal] = signal.signal(stop_signal, request_stop)
-    scheduler = VetinhScheduler(app, lease_seconds=lease_seconds)
-    scheduler.start()
+    scheduler: VetinhScheduler | None = app.extensions.get(SCHEDULER_KEY)
+    if scheduler is None or not scheduler.running:
+        scheduler = VetinhScheduler(app, lease_seconds=lease_seconds)
+        scheduler.start()
+    # else: the app was built with scheduler_enabled and already runs one; a
+    # second scheduler in the same process would only contend for the leases.
     try:
         while not stop.wait(0.5):
             pass
