@@ -32,6 +32,7 @@ import json
 import logging
 import os
 import queue
+import re
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -254,9 +255,7 @@ class RedisEventBus:
         self.url = url
         self.prefix = prefix
         # Named, so an operator's CLIENT LIST shows which deployment listens where.
-        self.listener_name = "vetinh-events-" + "".join(ch if ch.isalnum() else "-" for ch in prefix).strip(
-            "-"
-        )
+        self.listener_name = "vetinh-events-" + re.sub(r"[^0-9A-Za-z]+", "-", prefix).strip("-")
         self.hub = _LocalHub()
         # Short timeouts: a publisher in a request must not hang on a sick Redis.
         self._client = redis.Redis.from_url(
