@@ -74,42 +74,63 @@ def _write(value: Any, out: list[str]) -> None:
         raise TypeError(f"cannot serialize {type(value).__name__}")
 
 
-def patch_meta(text: str, resource: dict[str, Any], version_id: str, last_updated: str) -> str:
-    """Return ``text`` with its top-level ``meta.versionId``/``meta.lastUpdated`` set.
+def stamp(text: str, resource: dict[str, Any], resource_id: str, meta: dict[str, Any]) -> str:
+    """Return ``text`` with its top-level ``id`` and ``meta`` replaced, every other byte kept.
 
-    ``resource`` is ``text`` already parsed; only the ``meta`` object is rewritten.
+    ``resource`` is ``text`` already parsed. A member that is missing is inserted right
+    after the opening brace.
     """
-    meta = dict(resource.get("meta") or {})
-    meta["versionId"] = version_id
-    meta["lastUpdated"] = last_updated
-    new_meta = dumps(meta)
-    span = _find_meta(text) if "meta" in resource else None
-    if span is not None:
-        return text[: span[0]] + new_meta + text[span[1] :]
-    if "meta" in resource:
-        return dumps({**resource, "meta": meta})
-    brace = text.index("{")
-    return text[: brace + 1] + '"meta":' + new_meta + "," + text[brace + 1 :]
+    spans = _member_spans(text, ("id", "meta"))
+    edits: list[tuple[int, int, str]] = []
+    inserts: list[str] = []
+    for key, value in (("id", _encode_string(resource_id)), ("meta", dumps(meta))):
+        span = spans.get(key)
+        if span is not None:
+            edits.append((span[0], span[1], value))
+        elif key in resource:
+            return dumps({**resource, "id": resource_id, "meta": meta})
+        else:
+            inserts.append(f"{_encode_string(key)}:{value},")
+    for start, end, value in sorted(edits, reverse=True):
+        text = text[:start] + value + text[end:]
+    if inserts:
+        brace = text.index("{")
+        text = text[: brace + 1] + "".join(inserts) + text[brace + 1 :]
+    return text
 
 
-def _find_meta(text: str) -> tuple[int, int] | None:
+def _member_spans(text: str, keys: tuple[str, ...]) -> dict[str, tuple[int, int]]:
+    """Find the value spans of the top-level members ``keys`` (strings or objects)."""
+    wanted = {_encode_string(k): k for k in keys}
+    spans: dict[str, tuple[int, int]] = {}
     depth = 0
-    start: int | None = None
+    open_key: str | None = None
+    open_at = -1
     value_at = -1
+    pending: str | None = None
     for match in _TOKEN.finditer(text):
         piece = match.group()
         if piece in ("{", "["):
             depth += 1
-            if start is None and depth == 2 and match.start() == value_at:
-                start = match.start()
+            if pending is not None and depth == 2 and match.start() == value_at:
+                open_key, open_at, pending = pending, match.start(), None
         elif piece in ("}", "]"):
             depth -= 1
-            if start is not None and depth == 1:
-                return start, match.end()
-        elif depth == 1 and start is None and piece == '"meta"':
-            rest = text[match.end() :]
-            stripped = rest.lstrip()
-            if stripped.startswith(":"):
-                after = stripped[1:]
-                value_at = len(text) - len(after.lstrip())
-    return None
+            if open_key is not None and depth == 1:
+                spans[open_key] = (open_at, match.end())
+                open_key = None
+                if len(spans) == len(keys):
+                    break
+        elif depth == 1 and open_key is None:
+            if pending is not None and match.start() == value_at:
+                spans[pending] = (match.start(), match.end())
+                pending = None
+                continue
+            if piece in wanted:
+                after = text[match.end() : match.end() + 64].lstrip()
+                if after.startswith(":"):
+                    rest = text[match.end() :]
+                    colon = match.end() + (len(rest) - len(rest.lstrip())) + 1
+                    value_at = colon + (len(text) - colon - len(text[colon:].lstrip()))
+                    pending = wanted[piece]
+    return spans

@@ -227,8 +227,8 @@ def _stamp(text: str | None, resource: dict[str, Any], rid: str, version: int, m
     meta = dict(resource.get("meta") or {})
     meta["versionId"] = str(version)
     meta["lastUpdated"] = instant(moment)
-    if text is not None and resource.get("id") == rid:
-        stamped = jsontext.patch_meta(text, resource, meta["versionId"], meta["lastUpdated"])
+    if text is not None:
+        stamped = jsontext.stamp(text, resource, rid, meta)
     else:
         ordered: dict[str, Any] = {"resourceType": resource["resourceType"], "id": rid, "meta": meta}
         ordered.update((k, v) for k, v in resource.items() if k not in ordered)
@@ -564,8 +564,9 @@ def update(
         parsed,
         stamped,
     )
+    created = row is None or bool(row.deleted)
     _apply(session, [write])
-    return _to_stored(write, created=row is None or bool(row.deleted))
+    return _to_stored(write, created=created)
 
 
 def conditional_update(
@@ -1244,7 +1245,7 @@ def everything(
     )
     keys = [
         ("Patient", patient_id),
-        *sorted(set(members) | {(t, i) for t, i in referenced} - {("Patient", patient_id)}),
+        *sorted((set(members) | {(t, i) for t, i in referenced}) - {("Patient", patient_id)}),
     ]
     if since:
         try:
