@@ -787,7 +787,7 @@ def everything(patient_id: str) -> Response:
     )
     url = f"{_base()}/Patient/{patient_id}/$everything"
     params = [(k, v) for k, v in request.args.items(multi=True) if k not in ("_count", "_getpagesoffset")]
-    links = [{"relation": "self", "url": _link(url, request.args.items(multi=True))}]
+    links = [{"relation": "self", "url": _link(url, list(request.args.items(multi=True)))}]
     if count is not None and offset + count < total:
         links.append(
             {
@@ -855,8 +855,7 @@ def validate(resource_type: str, resource_id: str | None = None) -> Response:
         ]
     if not issues:
         issues = [_oo_issue("informational", "The resource is valid.", "information")]
-        return _json(_outcome(issues))
-    return _json(_outcome(issues), 422)
+    return _json(_outcome(issues))
 
 
 @bp.route("/<path:rest>", methods=["PATCH"])

@@ -20,7 +20,14 @@ def _observation(patient_id: str, **changes: Any) -> dict[str, Any]:
         "resourceType": "Observation",
         "status": "final",
         "category": [
-            {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "vital-signs"}]}
+            {
+                "coding": [
+                    {
+                        "system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                        "code": "vital-signs",
+                    }
+                ]
+            }
         ],
         "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4", "display": "Heart rate"}]},
         "subject": {"reference": f"Patient/{patient_id}"},
@@ -55,7 +62,9 @@ def test_create_keeps_the_accepted_text_and_sets_only_meta(db: Session) -> None:
 
 def test_every_write_makes_a_version_and_delete_is_logical(db: Session) -> None:
     created = services.create(db, patient_body())
-    updated = services.update(db, "Patient", created.id, {**created.resource, "gender": "male"}, if_match='W/"1"')
+    updated = services.update(
+        db, "Patient", created.id, {**created.resource, "gender": "male"}, if_match='W/"1"'
+    )
     assert updated.version_id == 2
     assert services.vread(db, "Patient", created.id, 1).resource["gender"] == "female"
     with pytest.raises(PreconditionFailed):
@@ -132,7 +141,10 @@ def test_date_prefixes_and_precision(db: Session) -> None:
     patient = services.create(db, patient_body())
     early = services.create(db, _observation(patient.id, effectiveDateTime="2024-03-05T08:30:00+07:00"))
     late = services.create(
-        db, _observation(patient.id, effectiveDateTime=None, effectivePeriod={"start": "2024-04-01", "end": "2024-04-30"})
+        db,
+        _observation(
+            patient.id, effectiveDateTime=None, effectivePeriod={"start": "2024-04-01", "end": "2024-04-30"}
+        ),
     )
 
     def find(*values: str) -> set[str]:
@@ -157,10 +169,17 @@ def test_date_prefixes_and_precision(db: Session) -> None:
 def test_quantity_and_number_prefixes(db: Session) -> None:
     patient = services.create(db, patient_body())
     slow = services.create(db, _observation(patient.id, valueQuantity={"value": 58.5, "unit": "/min"}))
-    fast = services.create(db, _observation(patient.id, valueQuantity={"value": 110, "system": "http://unitsofmeasure.org", "code": "/min"}))
+    fast = services.create(
+        db,
+        _observation(
+            patient.id, valueQuantity={"value": 110, "system": "http://unitsofmeasure.org", "code": "/min"}
+        ),
+    )
 
     def find(value: str) -> list[str]:
-        return _ids(services.search(db, "Observation", [("value-quantity", value), ("_sort", "value-quantity")]))
+        return _ids(
+            services.search(db, "Observation", [("value-quantity", value), ("_sort", "value-quantity")])
+        )
 
     assert find("gt100") == [fast.id]
     assert find("le58.5") == [slow.id]
@@ -207,14 +226,26 @@ def test_sort_on_several_keys_and_paging(db: Session) -> None:
         stored = services.create(db, patient_body(name=[{"family": "Lê", "given": [given]}], birthDate=born))
         ids[(given, born)] = stored.id
     result = services.search(db, "Patient", [("_sort", "given,-birthdate")])
-    expected = [ids[("An", "2001-01-01")], ids[("An", "1980-02-02")], ids[("Bình", "1999-05-05")], ids[("Cúc", "1999-05-05")]]
+    expected = [
+        ids[("An", "2001-01-01")],
+        ids[("An", "1980-02-02")],
+        ids[("Bình", "1999-05-05")],
+        ids[("Cúc", "1999-05-05")],
+    ]
     assert _ids(result) == expected
     first = services.search(db, "Patient", [("_sort", "-birthdate,given"), ("_count", "3")])
     assert first.has_next
     assert first.total == 4
     services.create(db, patient_body(name=[{"family": "Lê", "given": ["Aa"]}], birthDate="2020-01-01"))
     second = services.search(
-        db, "Patient", [("_sort", "-birthdate,given"), ("_count", "3"), ("_getpagesoffset", "3"), ("_snapshot", first.snapshot)]
+        db,
+        "Patient",
+        [
+            ("_sort", "-birthdate,given"),
+            ("_count", "3"),
+            ("_getpagesoffset", "3"),
+            ("_snapshot", first.snapshot),
+        ],
     )
     assert len(_ids(first)) + len(_ids(second)) == 4
     assert set(_ids(first)) | set(_ids(second)) == set(ids.values())
@@ -243,13 +274,22 @@ def _transaction(*entries: dict[str, Any]) -> dict[str, Any]:
 
 def test_transaction_resolves_urn_and_conditional_references(db: Session) -> None:
     doctor = services.create(
-        db, {"resourceType": "Practitioner", "identifier": [{"system": "http://example.org/npi", "value": "42"}]}
+        db,
+        {"resourceType": "Practitioner", "identifier": [{"system": "http://example.org/npi", "value": "42"}]},
     )
     bundle = _transaction(
-        {"fullUrl": "urn:uuid:p1", "resource": patient_body(), "request": {"method": "POST", "url": "Patient"}},
+        {
+            "fullUrl": "urn:uuid:p1",
+            "resource": patient_body(),
+            "request": {"method": "POST", "url": "Patient"},
+        },
         {
             "fullUrl": "urn:uuid:o1",
-            "resource": _observation("x", subject={"reference": "urn:uuid:p1"}, performer=[{"reference": "Practitioner?identifier=http://example.org/npi|42"}]),
+            "resource": _observation(
+                "x",
+                subject={"reference": "urn:uuid:p1"},
+                performer=[{"reference": "Practitioner?identifier=http://example.org/npi|42"}],
+            ),
             "request": {"method": "POST", "url": "Observation"},
         },
     )
@@ -266,7 +306,11 @@ def test_transaction_resolves_urn_and_conditional_references(db: Session) -> Non
 
 def test_a_transaction_with_one_bad_entry_leaves_nothing(db: Session) -> None:
     bundle = _transaction(
-        {"fullUrl": "urn:uuid:p1", "resource": patient_body(), "request": {"method": "POST", "url": "Patient"}},
+        {
+            "fullUrl": "urn:uuid:p1",
+            "resource": patient_body(),
+            "request": {"method": "POST", "url": "Patient"},
+        },
         {"resource": patient_body(birthDate="not-a-date"), "request": {"method": "POST", "url": "Patient"}},
     )
     with pytest.raises(ValidationFailed) as caught:
@@ -281,7 +325,10 @@ def test_a_transaction_with_one_bad_entry_leaves_nothing(db: Session) -> None:
         services.transaction(db, missing)
     assert caught.value.extra["issue"][0]["expression"] == ["Bundle.entry[0].resource.subject.reference"]
     unresolved = _transaction(
-        {"resource": _observation("x", subject={"reference": "urn:uuid:nowhere"}), "request": {"method": "POST", "url": "Observation"}},
+        {
+            "resource": _observation("x", subject={"reference": "urn:uuid:nowhere"}),
+            "request": {"method": "POST", "url": "Observation"},
+        },
     )
     with pytest.raises(BadRequest, match=r"Bundle\.entry\[0\]"):
         services.transaction(db, unresolved)
@@ -289,8 +336,16 @@ def test_a_transaction_with_one_bad_entry_leaves_nothing(db: Session) -> None:
 
 def test_if_none_exist_in_bundles_finds_the_existing_resource(db: Session) -> None:
     entry = {
-        "resource": {"resourceType": "Organization", "identifier": [{"system": "http://example.org/org", "value": "1"}], "name": "BV"},
-        "request": {"method": "POST", "url": "Organization", "ifNoneExist": "identifier=http://example.org/org|1"},
+        "resource": {
+            "resourceType": "Organization",
+            "identifier": [{"system": "http://example.org/org", "value": "1"}],
+            "name": "BV",
+        },
+        "request": {
+            "method": "POST",
+            "url": "Organization",
+            "ifNoneExist": "identifier=http://example.org/org|1",
+        },
     }
     first = services.transaction(db, {"resourceType": "Bundle", "type": "batch", "entry": [entry]})
     second = services.transaction(db, {"resourceType": "Bundle", "type": "batch", "entry": [entry]})
@@ -306,7 +361,10 @@ def test_batch_entries_succeed_or_fail_on_their_own(db: Session) -> None:
         "type": "batch",
         "entry": [
             {"resource": patient_body(), "request": {"method": "POST", "url": "Patient"}},
-            {"resource": patient_body(birthDate="12/04/1990"), "request": {"method": "POST", "url": "Patient"}},
+            {
+                "resource": patient_body(birthDate="12/04/1990"),
+                "request": {"method": "POST", "url": "Patient"},
+            },
             {"request": {"method": "GET", "url": "Patient/missing"}},
         ],
     }
@@ -325,7 +383,11 @@ def test_everything_returns_the_compartment_and_what_it_references(db: Session) 
     resources, total = services.everything(db, patient.id)
     assert total == 3
     assert [(r.type, r.id) for r in resources][0] == ("Patient", patient.id)
-    assert {(r.type, r.id) for r in resources} == {("Patient", patient.id), ("Observation", obs.id), ("Organization", org.id)}
+    assert {(r.type, r.id) for r in resources} == {
+        ("Patient", patient.id),
+        ("Observation", obs.id),
+        ("Organization", org.id),
+    }
     page, total = services.everything(db, patient.id, count=2, offset=2)
     assert total == 3
     assert len(page) == 1
@@ -337,6 +399,8 @@ def test_index_rows_are_replaced_on_update(db: Session) -> None:
     stored = services.create(db, patient_body())
     services.update(db, "Patient", stored.id, {**stored.resource, "name": [{"family": "Phạm"}]})
     families = db.scalars(
-        select(FhirIndexString.value).where(FhirIndexString.res_id == stored.id, FhirIndexString.param == "family")
+        select(FhirIndexString.value).where(
+            FhirIndexString.res_id == stored.id, FhirIndexString.param == "family"
+        )
     ).all()
     assert families == ["pham"]
