@@ -77,10 +77,10 @@ def _write(value: Any, out: list[str]) -> None:
 def stamp(text: str, resource: dict[str, Any], resource_id: str, meta: dict[str, Any]) -> str:
     """Return ``text`` with its top-level ``id`` and ``meta`` replaced, every other byte kept.
 
-    ``resource`` is ``text`` already parsed. A member that is missing is inserted right
-    after the opening brace.
+    ``resource`` is ``text`` already parsed. A missing member is inserted right after
+    ``resourceType``.
     """
-    spans = _member_spans(text, ("id", "meta"))
+    spans = _member_spans(text, ("resourceType", "id", "meta"))
     edits: list[tuple[int, int, str]] = []
     inserts: list[str] = []
     for key, value in (("id", _encode_string(resource_id)), ("meta", dumps(meta))):
@@ -90,12 +90,15 @@ def stamp(text: str, resource: dict[str, Any], resource_id: str, meta: dict[str,
         elif key in resource:
             return dumps({**resource, "id": resource_id, "meta": meta})
         else:
-            inserts.append(f"{_encode_string(key)}:{value},")
+            inserts.append(f"{_encode_string(key)}:{value}")
+    anchor = spans.get("resourceType")
+    if inserts and anchor is not None:
+        edits.append((anchor[1], anchor[1], "," + ",".join(inserts)))
+    elif inserts:
+        brace = text.index("{")
+        edits.append((brace + 1, brace + 1, ",".join(inserts) + ","))
     for start, end, value in sorted(edits, reverse=True):
         text = text[:start] + value + text[end:]
-    if inserts:
-        brace = text.index("{")
-        text = text[: brace + 1] + "".join(inserts) + text[brace + 1 :]
     return text
 
 

@@ -382,7 +382,7 @@ def test_everything_returns_the_compartment_and_what_it_references(db: Session) 
     services.create(db, _observation(other.id))
     resources, total = services.everything(db, patient.id)
     assert total == 3
-    assert [(r.type, r.id) for r in resources][0] == ("Patient", patient.id)
+    assert (resources[0].type, resources[0].id) == ("Patient", patient.id)
     assert {(r.type, r.id) for r in resources} == {
         ("Patient", patient.id),
         ("Observation", obs.id),
