@@ -1,0 +1,107 @@
+"""Decide who may see or add slides, find them, and describe them for the API."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from his import audit
+from his.errors import N_, Forbidden, NotFound
+from his.models import Site
+from his.security import Principal
+from pathology.models import Slide
+
+UPLOAD_ROLES = frozenset({"doctor", "nurse", "pathologist"})
+READ_ROLES = frozenset({"doctor", "nurse", "pathologist"})
+
+
+class SlideNotFound(NotFound):
+    code = "SLIDE_NOT_FOUND"
+    message = N_("There is no such slide.")
+
+
+class SlideAccessDenied(Forbidden):
+    code = "SLIDE_ACCESS_DENIED"
+    message = N_("You may not see this slide.")
+
+
+def slide_site_ids(session: Session, slide: Slide) -> set[int]:
+    """Return the sites whose staff may see a slide: the uploading site (consults will add theirs)."""
+    return {slide.site_id}
+
+
+def may_read_slide(session: Session, principal: Principal, slide: Slide) -> bool:
+    """Tell whether the principal may see a slide and its tiles."""
+    if not principal.is_authenticated or not principal.allows("ImagingStudy", "read"):
+        return False
+    if principal.kind == "user" and principal.role not in READ_ROLES:
+        return False
+    return principal.site_id is not None and principal.site_id in slide_site_ids(session, slide)
+
+
+def get_slide(session: Session, slide_id: str) -> Slide:
+    """Return a slide by id.
+
+    Raises SlideNotFound for an unknown or malformed id.
+    """
+    if not (len(slide_id) == 32 and all(c in "0123456789abcdef" for c in slide_id)):
+        raise SlideNotFound()
+    slide = session.get(Slide, slide_id)
+    if slide is None:
+        raise SlideNotFound()
+    return slide
+
+
+def readable_slide(session: Session, principal: Principal, slide_id: str, *, audit_read: bool = True) -> Slide:
+    """Return a slide the principal may see, auditing the read.
+
+    Raises SlideNotFound for an unknown id and SlideAccessDenied (audited) for a slide
+    of a site the principal does not belong to.
+    """
+    slide = get_slide(session, slide_id)
+    if not may_read_slide(session, principal, slide):
+        audit.record("read", "Slide", slide.id, outcome="denied", detail="slide of another site")
+        raise SlideAccessDenied()
+    if audit_read:
+        audit.record("read", "Slide", slide.id)
+    return slide
+
+
+def ensure_may_upload(session: Session, principal: Principal) -> Site:
+    """Return the site a principal uploads slides for.
+
+    Raises Forbidden (audited) for a role that does not upload slides, a token without
+    ImagingStudy write scope, or a caller without a site.
+    """
+    allowed = principal.allows("ImagingStudy", "write") and principal.site_id is not None
+    if principal.kind == "user" and principal.role not in UPLOAD_ROLES:
+        allowed = False
+    site = session.get(Site, principal.site_id) if allowed and principal.site_id is not None else None
+    if site is None:
+        audit.record("create", "Slide", None, outcome="denied", detail="may not upload slides")
+        raise Forbidden(N_("Your role or site may not upload slides."), code="SLIDE_UPLOAD_DENIED")
+    return site
+
+
+def slide_summary(slide: Slide) -> dict[str, Any]:
+    """Describe a slide for the API: its status and what ingest read from it."""
+    return {
+        "id": slide.id,
+        "status": slide.status,
+        "case_id": slide.case_id,
+        "filename": slide.original_filename,
+        "sha256": slide.sha256,
+        "size": slide.size_bytes,
+        "format": slide.format,
+        "vendor": slide.vendor,
+        "width": slide.width,
+        "height": slide.height,
+        "level_count": slide.level_count,
+        "mpp_x": slide.mpp_x,
+        "mpp_y": slide.mpp_y,
+        "objective_power": slide.objective_power,
+        "scanned_at": slide.scanned_at.isoformat() if slide.scanned_at else None,
+        "created_at": slide.created_at.isoformat() if slide.created_at else None,
+        "dzi": f"/slides/{slide.id}.dzi",
+    }
