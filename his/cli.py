@@ -19,6 +19,12 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 def _create_app() -> Flask:
     from his import create_app
 
+    # Only a serving process runs the embedded scheduler: a one-off command (db upgrade,
+    # demo, token create) must not start jobs, nor touch tables before they are migrated.
+    context = click.get_current_context(silent=True)
+    command = context.find_root().invoked_subcommand if context else None
+    if command != "run":
+        return create_app(scheduler_enabled=False)
     return create_app()
 
 
