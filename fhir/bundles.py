@@ -142,31 +142,92 @@ def process(
     if not isinstance(raw_entries, list):
         raise BadRequest("Bundle.entry must be a list", code="FHIR_BAD_BUNDLE")
     if btype == "batch":
-        return BundleResult(
-            "batch-response",
-            [_batch_entry(session, i, e, check_references) for i, e in enumerate(raw_entries)],
-        )
+        return BundleResult("batch-response", _batch(session, raw_entries, check_references))
     return _transaction(session, raw_entries, check_references)
+
+
+def _failed(index: int, exc: VetinhError) -> EntryResult:
+    named = _entry_error(index, exc)
+    return EntryResult(
+        status=status_line(exc.status if exc.status in HTTPStatus._value2member_map_ else 500),
+        outcome={"resourceType": "OperationOutcome", "issue": named.extra["issue"]},
+    )
+
+
+def _batch(session: Session, raw_entries: list[Any], check_references: bool) -> list[EntryResult]:
+    """Process a batch: plain creates and updates are prepared one by one, written together.
+
+    Each entry still succeeds or fails on its own: validation, conditions and references
+    are checked per entry before anything is written; the rest (reads, searches,
+    deletes, conditional updates) run one by one in savepoints.
+    """
+    results: dict[int, EntryResult] = {}
+    group: list[_Entry] = []
+    targets: set[tuple[str, str]] = set()
+    conditions: dict[tuple[str, str], _Entry] = {}
+    one_by_one: list[tuple[int, Any]] = []
+    for index, raw in enumerate(raw_entries):
+        try:
+            entry = _parse_entry(index, raw)
+        except VetinhError as exc:
+            results[index] = _failed(index, exc)
+            continue
+        if entry.method not in ("POST", "PUT") or entry.query:
+            one_by_one.append((index, raw))
+            continue
+        assert entry.resource is not None
+        issues = validate_resource(entry.resource)
+        if issues:
+            results[index] = _failed(index, services._invalid(issues))
+            continue
+        condition = (
+            (entry.type, entry.if_none_exist) if entry.method == "POST" and entry.if_none_exist else None
+        )
+        if condition is not None and condition in conditions:
+            one_by_one.append((index, raw))
+            continue
+        try:
+            _resolve_identity(session, entry)
+            if entry.existing is not None:
+                results[index] = _written(entry.existing, 200)
+                continue
+            if (entry.type, entry.target_id) in targets:
+                one_by_one.append((index, raw))
+                continue
+            if check_references:
+                services._check_references(
+                    session, [(entry.type, entry.resource)], {(entry.type, entry.target_id or "")}
+                )
+        except VetinhError as exc:
+            results[index] = _failed(index, exc)
+            continue
+        group.append(entry)
+        targets.add((entry.type, entry.target_id or ""))
+        if condition is not None:
+            conditions[condition] = entry
+    if group:
+        savepoint = session.begin_nested()
+        try:
+            written = _write_all(session, group)
+            savepoint.commit()
+            results.update(written)
+        except VetinhError:
+            savepoint.rollback()
+            one_by_one.extend((e.index, raw_entries[e.index]) for e in group)
+    for index, raw in sorted(one_by_one):
+        results[index] = _batch_entry(session, index, raw, check_references)
+    return [results[i] for i in range(len(raw_entries))]
 
 
 def _batch_entry(session: Session, index: int, raw: Any, check_references: bool) -> EntryResult:
     savepoint = session.begin_nested()
     try:
-        entry = _parse_entry(index, raw)
-        if entry.resource is not None:
-            issues = validate_resource(entry.resource)
-            if issues:
-                raise services._invalid(issues)
-        result = _single(session, entry, check_references)
+        result = _single(session, _parse_entry(index, raw), check_references)
         savepoint.commit()
         return result
     except VetinhError as exc:
         savepoint.rollback()
-        named = _entry_error(index, exc)
-        return EntryResult(
-            status=status_line(exc.status if exc.status in HTTPStatus._value2member_map_ else 500),
-            outcome={"resourceType": "OperationOutcome", "issue": named.extra["issue"]},
-        )
+        return _failed(index, exc)
 
 
 def _single(session: Session, entry: _Entry, check_references: bool) -> EntryResult:

@@ -23,7 +23,7 @@ from fhir.capability import capability_statement
 from fhir.services import SearchResult, StoredResource
 from fhir.validation import is_resource_type
 from his import audit
-from his.db import get_session
+from his.db import begin_immediate, get_session
 from his.errors import (
     BadRequest,
     Forbidden,
@@ -104,6 +104,28 @@ def _negotiate() -> None:
             raise UnsupportedMediaType(
                 message, code="FHIR_MEDIA_TYPE", extra={"issue": [_oo_issue("not-supported", message)]}
             )
+
+
+@bp.before_request
+def _take_write_lock() -> None:
+    """Start a writing request's transaction with SQLite's write lock held.
+
+    A deferred SQLite transaction that reads first and writes later fails at once with
+    "database is locked" when another connection (the audit writer, another worker)
+    writes in between; taking the lock first makes it wait its turn instead.
+    """
+    if request.method not in ("POST", "PUT", "DELETE"):
+        return
+    if request.path.endswith(("/_search", "/$validate", "/$everything")):
+        return
+    session = get_session()
+    if session.get_bind().dialect.name != "sqlite":
+        return
+    if session.in_transaction():
+        if session.new or session.dirty or session.deleted:
+            return
+        session.commit()
+    begin_immediate(session)
 
 
 @bp.after_request
