@@ -89,6 +89,17 @@ class ReceivedFile:
     size: int
 
 
+def too_large(max_bytes: int) -> SlideTooLarge:
+    """Build the 413 error naming the slide size limit."""
+    if max_bytes >= 1024**3:
+        shown = f"{max_bytes / 1024**3:.1f} GB"
+    elif max_bytes >= 1024**2:
+        shown = f"{max_bytes / 1024**2:.0f} MB"
+    else:
+        shown = f"{max_bytes / 1024:.0f} kB"
+    return SlideTooLarge(N_("The file is larger than the slide size limit of {limit}.").format(limit=shown))
+
+
 def refuse(code: str, message: str) -> SlideRefused:
     """Build the 422 error for a refused slide."""
     return SlideRefused(message, code=code)
@@ -109,11 +120,7 @@ def receive(stream: BinaryIO, store: SlideStore, *, max_bytes: int) -> ReceivedF
             while chunk := stream.read(CHUNK):
                 size += len(chunk)
                 if size > max_bytes:
-                    raise SlideTooLarge(
-                        N_("The file is larger than the slide size limit of {limit} MB.").format(
-                            limit=max_bytes // (1024 * 1024) or 1
-                        )
-                    )
+                    raise too_large(max_bytes)
                 digest.update(chunk)
                 out.write(chunk)
         if size == 0:

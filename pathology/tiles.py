@@ -298,7 +298,8 @@ class TileServer:
         except openslide.OpenSlideError:
             raise NotFound(N_("The slide's file cannot be read."), code="SLIDE_FILE_UNREADABLE") from None
         buffer = io.BytesIO()
-        image.convert("RGB").save(buffer, "JPEG", quality=self.quality)
+        # 4:4:4: stain colours are diagnostic, and chroma subsampling smears them on small tiles.
+        image.convert("RGB").save(buffer, "JPEG", quality=self.quality, subsampling=0)
         data = buffer.getvalue()
         self.tiles.put(key, data)
         return Tile(data, etag, native=False)

@@ -12,7 +12,7 @@ from his.errors import N_, ValidationFailed
 from his.events import publish
 from his.openapi import api_doc
 from his.security import current_principal, login_required
-from pathology.ingest import ingest
+from pathology.ingest import ingest, too_large
 from pathology.services import ensure_may_upload, readable_slide, slide_summary
 from pathology.store import slide_store
 from pathology.tiles import tile_server
@@ -79,6 +79,8 @@ def upload_slide() -> tuple[Response, int]:
     session = get_session()
     site = ensure_may_upload(session, current_principal())
     limit = max_slide_bytes()
+    if request.content_length is not None and request.content_length > limit + MULTIPART_OVERHEAD:
+        raise too_large(limit)
     request.max_content_length = limit + MULTIPART_OVERHEAD
     upload = request.files.get("file")
     if upload is None or not upload.filename:
