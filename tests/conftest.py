@@ -10,9 +10,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
-import socket
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -204,28 +202,16 @@ class LiveServer:
     app: Flask
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
 def live_server(app: Flask) -> Iterator[LiveServer]:
-    """Serve the test app on a loopback port with waitress in a thread."""
-    from waitress.server import create_server
+    """Serve the test app on a loopback port from a threaded server in a background thread."""
+    from werkzeug.serving import make_server
 
-    port = _free_port()
-    server = create_server(app, host="127.0.0.1", port=port, threads=16, channel_timeout=60)
-    thread = threading.Thread(target=server.run, daemon=True)
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    port = server.server_port
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                break
-        except OSError:
-            time.sleep(0.05)
     yield LiveServer(url=f"http://127.0.0.1:{port}", app=app)
-    server.close()
+    server.shutdown()
+    server.server_close()
     thread.join(timeout=5)
