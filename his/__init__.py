@@ -50,11 +50,21 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     from booking.views import bp as booking_bp
     from fhir.views import bp as fhir_bp
     from his.api import bp as api_bp
+    from his.records.views import bp as records_bp
     from his.views import bp as his_bp
     from pathology.views import bp as pathology_bp
     from telehealth.views import bp as telehealth_bp
 
-    for blueprint in (his_bp, api_bp, fhir_bp, booking_bp, billing_bp, telehealth_bp, pathology_bp):
+    for blueprint in (
+        his_bp,
+        api_bp,
+        fhir_bp,
+        records_bp,
+        booking_bp,
+        billing_bp,
+        telehealth_bp,
+        pathology_bp,
+    ):
         app.register_blueprint(blueprint)
 
     from his import errorhandlers

@@ -9,6 +9,7 @@ from his.db import Base
 MODEL_MODULES = (
     "his.models",
     "his.jobmodels",
+    "his.records.models",
     "fhir.models",
     "booking.models",
     "billing.models",

@@ -1,0 +1,1 @@
+"""Medical records: encounters, diagnoses, e-prescriptions, signatures and pharmacy dispensing."""
