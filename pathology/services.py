@@ -10,6 +10,7 @@ from his import audit
 from his.errors import N_, Forbidden, NotFound
 from his.models import Site
 from his.security import Principal
+from pathology.fhir_mapping import imaging_study
 from pathology.models import Slide
 
 UPLOAD_ROLES = frozenset({"doctor", "nurse", "pathologist"})
@@ -84,6 +85,19 @@ def ensure_may_upload(session: Session, principal: Principal) -> Site:
     return site
 
 
+def record_imaging_study(session: Session, slide: Slide, patient_id: str) -> str:
+    """Record the slide as an ImagingStudy of the patient in the FHIR store; return its id.
+
+    Raises ValidationFailed when the store refuses the resource (an unknown patient, …).
+    """
+    from fhir import services as fhir_store
+
+    stored = fhir_store.create(session, imaging_study(slide, patient_id))
+    slide.imaging_study_id = stored.id
+    session.flush()
+    return stored.id
+
+
 def slide_summary(slide: Slide) -> dict[str, Any]:
     """Describe a slide for the API: its status and what ingest read from it."""
     return {
@@ -103,5 +117,6 @@ def slide_summary(slide: Slide) -> dict[str, Any]:
         "objective_power": slide.objective_power,
         "scanned_at": slide.scanned_at.isoformat() if slide.scanned_at else None,
         "created_at": slide.created_at.isoformat() if slide.created_at else None,
+        "imaging_study": f"ImagingStudy/{slide.imaging_study_id}" if slide.imaging_study_id else None,
         "dzi": f"/slides/{slide.id}.dzi",
     }

@@ -11,9 +11,10 @@ from his.db import get_session
 from his.errors import N_, ValidationFailed
 from his.events import publish
 from his.openapi import api_doc
+from his.policy import ensure_patient_access
 from his.security import current_principal, login_required
 from pathology.ingest import ingest, too_large
-from pathology.services import ensure_may_upload, readable_slide, slide_summary
+from pathology.services import ensure_may_upload, readable_slide, record_imaging_study, slide_summary
 from pathology.store import slide_store
 from pathology.tiles import tile_server
 
@@ -45,6 +46,7 @@ SLIDE_OUTPUT = {
         "objective_power": {"type": "number", "nullable": True},
         "scanned_at": {"type": "string", "format": "date-time", "nullable": True},
         "created_at": {"type": "string", "format": "date-time"},
+        "imaging_study": {"type": "string", "nullable": True, "example": "ImagingStudy/123"},
         "dzi": {"type": "string", "description": "URL of the Deep Zoom descriptor"},
     },
 }
@@ -69,6 +71,10 @@ def max_slide_bytes() -> int:
         "properties": {
             "file": {"type": "string", "format": "binary"},
             "case_id": {"type": "string", "description": "without a case the slide waits in the site's inbox"},
+            "patient_id": {
+                "type": "string",
+                "description": "the patient's FHIR id; the slide is then recorded as an ImagingStudy (modality SM)",
+            },
         },
     },
     request_content_type="multipart/form-data",
@@ -92,6 +98,11 @@ def upload_slide() -> tuple[Response, int]:
     case_id = (request.form.get("case_id") or "").strip() or None
     if case_id is not None and not _CASE_ID.match(case_id):
         raise ValidationFailed(fields={"case_id": N_("Use letters, digits, '.', '_' or '-' (at most 64).")})
+    patient_id = (request.form.get("patient_id") or "").strip() or None
+    if patient_id is not None:
+        if not _CASE_ID.match(patient_id):
+            raise ValidationFailed(fields={"patient_id": N_("This is not a patient id.")})
+        ensure_patient_access(current_principal(), patient_id, "write")
     result = ingest(
         session,
         slide_store(),
@@ -104,14 +115,20 @@ def upload_slide() -> tuple[Response, int]:
         max_bytes=limit,
     )
     slide = result.slide
-    body = slide_summary(slide)
-    body["duplicate"] = not result.created
     if result.created:
-        audit.record("create", "Slide", slide.id)
+        if patient_id is not None:
+            try:
+                record_imaging_study(session, slide, patient_id)
+            except BaseException:
+                slide_store().discard(slide_store().slide_folder(site.code, slide.id))
+                raise
+        audit.record("create", "Slide", slide.id, patient_id=patient_id)
         if slide.status == "ready":
             publish("slide.ready", {"slide_id": slide.id, "site": site.code, "case_id": slide.case_id})
     else:
         audit.record("read", "Slide", slide.id, detail="duplicate upload")
+    body = slide_summary(slide)
+    body["duplicate"] = not result.created
     response = jsonify(body)
     response.headers["Location"] = f"/api/v1/slides/{slide.id}"
     return response, 201 if result.created else 200
