@@ -170,14 +170,16 @@ def _money(value: Decimal) -> Decimal:
     return value.quantize(CENT, rounding=ROUND_HALF_UP)
 
 
-def _checked_decimal(value: object, *, name: str, places: Decimal) -> Decimal:
+def _checked_decimal(
+    value: object, *, name: str, places: Decimal, error: type[ValidationFailed] = InvalidInvoiceLine
+) -> Decimal:
     try:
         number = Decimal(str(value)) if not isinstance(value, Decimal) else value
         if not number.is_finite():
             raise InvalidOperation
         return number.quantize(places, rounding=ROUND_HALF_UP)
     except (InvalidOperation, ValueError) as exc:
-        raise InvalidInvoiceLine(N_("Enter a number."), fields={name: N_("Enter a number.")}) from exc
+        raise error(N_("Enter a number."), fields={name: N_("Enter a number.")}) from exc
 
 
 def _check_line(line: InvoiceLine, index: int) -> tuple[Decimal, Decimal, Decimal, Decimal]:
@@ -246,7 +248,9 @@ def split_invoice(
     rules = rules or rules_on(visit_date)
     items = list(lines)
     checked = [_check_line(line, index) for index, line in enumerate(items)]
-    copaid = _checked_decimal(coverage.copaid_this_year, name="copaid_this_year", places=CENT)
+    copaid = _checked_decimal(
+        coverage.copaid_this_year, name="copaid_this_year", places=CENT, error=InvalidCoverage
+    )
     if copaid < 0:
         message = N_("The co-payments made this year cannot be negative.")
         raise InvalidCoverage(message, fields={"copaid_this_year": message})

@@ -86,7 +86,7 @@ def fold(text: str) -> str:
     return " ".join("".join(char for char in text if not unicodedata.combining(char)).lower().split())
 
 
-def _in_force_on(day: date) -> Select[tuple[PriceEntry]]:
+def _in_force_on(day: date) -> Select[PriceEntry]:
     """Select the entries in force on ``day``: the latest start per code, unless it has ended."""
     latest = (
         select(PriceEntry.code, func.max(PriceEntry.valid_from).label("since"))

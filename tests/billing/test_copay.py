@@ -299,9 +299,11 @@ def test_lines_that_cannot_be_billed_name_the_field(line, field):
     assert field in caught.value.fields
 
 
-def test_negative_yearly_copayments_are_refused():
-    with pytest.raises(InvalidCoverage):
-        split_invoice([item("1")], Coverage(card(), copaid_this_year=D("-1")), VISIT)
+@pytest.mark.parametrize("copaid", [D("-1"), D("NaN")])
+def test_unusable_yearly_copayments_are_refused(copaid):
+    with pytest.raises(InvalidCoverage) as caught:
+        split_invoice([item("1")], Coverage(card(), copaid_this_year=copaid), VISIT)
+    assert "copaid_this_year" in caught.value.fields
 
 
 _money = st.decimals(min_value=0, max_value=50_000_000, places=3, allow_nan=False, allow_infinity=False)
