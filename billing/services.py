@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal
+from pathlib import Path
 
 from sqlalchemy import Select, and_, func, or_, select
 from sqlalchemy.orm import Session
@@ -31,6 +32,7 @@ CSV_COLUMNS: tuple[str, ...] = (
 )
 REQUIRED_COLUMNS: frozenset[str] = frozenset({"code", "name", "kind", "price", "valid_from"})
 MAX_IMPORT_ROWS = 50_000
+DEMO_PRICE_LIST = Path(__file__).parent / "data" / "prices_demo.csv"
 _PLAIN_DECIMAL = re.compile(r"^[0-9]+(\.[0-9]{1,3})?$")
 _CODE = re.compile(r"^[0-9A-Za-z._/\-]{1,50}$")
 

@@ -12,6 +12,7 @@ from sqlalchemy import func, select
 from billing.copay import PriceMissing
 from billing.models import PriceEntry
 from billing.services import (
+    DEMO_PRICE_LIST,
     PriceImportFailed,
     import_prices,
     price_on,
@@ -197,3 +198,12 @@ def test_staff_see_the_price_list_in_the_menu(client, make_user):
     make_user("cashier", username="thungan")
     login(client, "thungan")
     assert 'href="/prices"' in client.get("/prices").get_data(as_text=True)
+
+
+def test_the_demo_price_list_imports_and_shows(app, client):
+    with get_database(app).session_scope() as session:
+        result = import_prices(session, read_price_csv(DEMO_PRICE_LIST.read_bytes()))
+    assert result.created == len(DEMO_PRICE_LIST.read_text(encoding="utf-8").strip().splitlines()) - 1
+    html = client.get("/prices?q=sieu+am&day=2025-01-01").get_data(as_text=True)
+    assert "Siêu âm ổ bụng (demo)" in html
+    assert "43.900\u00a0₫" in html
