@@ -124,11 +124,14 @@ def client(app: Flask) -> FlaskClient:
 
 @pytest.fixture
 def db(app: Flask) -> Iterator[Any]:
-    """Give a session on the app's database that commits when the test's block ends."""
-    with app.app_context():
-        session = get_database(app).sessionmaker()
-        yield session
-        session.close()
+    """Give a plain session on the app's database; the test commits what it wants kept.
+
+    No app context is pushed: one held for the whole test would make every test-client
+    request share ``g`` and so the first request's user.
+    """
+    session = get_database(app).sessionmaker()
+    yield session
+    session.close()
 
 
 @pytest.fixture
