@@ -230,16 +230,18 @@ def _ensure_access(principal: Principal, patients: set[str], action: str) -> Non
         ensure_patient_access(principal, patient_id, action)
 
 
-def _check_readable(principal: Principal, stored: StoredResource) -> None:
+def _check_readable(principal: Principal, stored: StoredResource) -> set[str]:
+    """Raise Forbidden unless the caller may read ``stored``; return its patients."""
     patients = services.compartments_of(get_session(), stored.type, stored.id)
     if _is_patient(principal) and not patients:
         if stored.type not in DIRECTORY_TYPES:
             raise _forbidden_compartment()
-        return
+        return patients
     if _is_patient(principal) and not patients & _own_patients(principal):
         raise _forbidden_compartment()
     if not _is_patient(principal):
         _ensure_access(principal, patients, "read")
+    return patients
 
 
 def _forbidden_compartment() -> Forbidden:
@@ -347,8 +349,8 @@ def read(resource_type: str, resource_id: str) -> Response:
     _note("read", resource_type, resource_id)
     principal = _principal(resource_type, "read")
     stored = services.read(get_session(), resource_type, resource_id)
-    _check_readable(principal, stored)
-    g.fhir_audit.patient_id = _patient_of(stored)
+    patients = _check_readable(principal, stored)
+    g.fhir_audit.patient_id = min(patients) if patients else None
     match = request.headers.get("If-None-Match")
     if match is not None and match.strip().removeprefix("W/").strip('"') == str(stored.version_id):
         return Response(status=304, headers=_version_headers(stored))
