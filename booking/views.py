@@ -1,7 +1,8 @@
-"""HTTP entry points of the booking context."""
+"""HTTP entry points of the booking context: the pages, and (in ``booking.api``) the JSON API."""
 
 from __future__ import annotations
 
-from flask import Blueprint
+from booking import api as _api  # noqa: F401 - registers the API routes on the blueprint
+from booking.blueprint import bp
 
-bp = Blueprint("booking", __name__, template_folder="templates", static_folder="static/booking", static_url_path="/static/booking")
+__all__ = ["bp"]

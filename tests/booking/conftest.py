@@ -1,0 +1,102 @@
+"""Fixtures for the booking tests: clinics with sessions, patients, patient accounts."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import date, time
+
+import pytest
+from flask import Flask
+from sqlalchemy import select
+
+from booking import services
+from booking.models import Clinic
+from his.db import get_database
+from his.models import PatientLink, Site, User
+from his.patients import PatientDetails, create_patient
+from tests.booking.helpers import ZONE, ClinicInfo, local_today, make_clinic
+
+
+@pytest.fixture
+def clinic(app: Flask, sites: dict[str, Site]) -> ClinicInfo:
+    """Create a department and clinic at the district site, numbered online 1…N, walk-in N+1…."""
+    return make_clinic(app, "DIST")
+
+
+@pytest.fixture
+def make_session(app: Flask) -> Callable[..., int]:
+    """Open a session of a clinic; by default today, all day long (so its window is open now)."""
+
+    def factory(
+        clinic_id: int,
+        *,
+        day: date | None = None,
+        part: str = "morning",
+        starts: time = time(0, 0),
+        ends: time = time(23, 59),
+        online: int = 10,
+        walkin: int = 5,
+        minutes: int = 5,
+        doctor_id: int | None = None,
+    ) -> int:
+        with app.app_context(), get_database(app).session_scope() as session:
+            row = services.create_session(
+                session,
+                session.get(Clinic, clinic_id),  # type: ignore[arg-type]
+                day=day or local_today(),
+                part=part,
+                starts=starts,
+                ends=ends,
+                zone=ZONE,
+                doctor_id=doctor_id,
+                online_capacity=online,
+                walkin_capacity=walkin,
+                minutes_per_patient=minutes,
+            )
+            return row.id
+
+    return factory
+
+
+@pytest.fixture
+def make_patient(app: Flask, sites: dict[str, Site]) -> Callable[..., str]:
+    """Register a patient cared for at the district site; return the Patient id."""
+    counter = iter(range(1, 100_000))
+
+    def factory(name: str | None = None, *, email: str | None = None, phone: str | None = None) -> str:
+        with app.app_context(), get_database(app).session_scope() as session:
+            site = session.scalar(select(Site).where(Site.code == "DIST"))
+            return create_patient(
+                session,
+                PatientDetails(
+                    name or f"Nguyễn Văn {next(counter)}",
+                    date(2015, 1, 1),
+                    "male",
+                    phone=phone,
+                    email=email,
+                ),
+                site_id=site.id if site else None,
+            )
+
+    return factory
+
+
+@pytest.fixture
+def patient_user(
+    app: Flask, make_user: Callable[..., User], make_patient: Callable[..., str]
+) -> Callable[..., User]:
+    """Create a patient account for a new Patient (optionally linked to more patients, as a parent)."""
+
+    def factory(*, children: tuple[str, ...] = (), email: str | None = None) -> User:
+        patient_id = make_patient(email=email)
+        user = make_user("patient")
+        with get_database(app).session_scope() as session:
+            row = session.get(User, user.id)
+            assert row is not None
+            row.patient_id = patient_id
+            for child in children:
+                session.add(PatientLink(user_id=user.id, patient_id=child))
+        user.patient_id = patient_id
+        return user
+
+    return factory
