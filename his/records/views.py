@@ -5,5 +5,9 @@ from __future__ import annotations
 from flask import Blueprint
 
 bp = Blueprint(
-    "records", __name__, template_folder="templates", static_folder="static/records", static_url_path="/static/records"
+    "records",
+    __name__,
+    template_folder="templates",
+    static_folder="static/records",
+    static_url_path="/static/records",
 )
