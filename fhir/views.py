@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
@@ -18,7 +20,7 @@ from flask import Blueprint, Response, current_app, g, request
 from sqlalchemy import select
 from sqlalchemy.sql import Select
 
-from fhir import jsontext, services
+from fhir import export, jsontext, services
 from fhir.capability import capability_statement
 from fhir.services import SearchResult, StoredResource
 from fhir.validation import is_resource_type
@@ -27,13 +29,13 @@ from his.db import begin_immediate, get_session
 from his.errors import (
     BadRequest,
     Forbidden,
-    MethodNotAllowed,
     NotAcceptable,
     NotFound,
     PayloadTooLarge,
     Unauthorized,
     UnsupportedMediaType,
 )
+from his.jobs import register_job
 from his.security import Principal, current_principal
 
 bp = Blueprint("fhir", __name__, url_prefix="/fhir/R4")
@@ -882,12 +884,94 @@ def validate(resource_type: str, resource_id: str | None = None) -> Response:
     return _json(_outcome(issues))
 
 
-@bp.route("/<path:rest>", methods=["PATCH"])
-def patch(rest: str) -> Response:
-    """Refuse PATCH, which this server does not support."""
-    message = "PATCH is not supported; use PUT."
-    raise MethodNotAllowed(
-        message,
-        code="FHIR_PATCH",
-        extra={"issue": [_oo_issue("not-supported", message)], "allowed": ["GET", "PUT", "DELETE"]},
+def _export_root() -> Path:
+    return export.exports_root(current_app.extensions["vetinh.settings"].data_dir)
+
+
+def _owner(principal: Principal) -> str:
+    return f"{principal.kind}:{principal.client_id or principal.user_id}"
+
+
+@bp.get("/$export")
+@bp.get("/Patient/$export")
+def export_kick_off() -> Response:
+    """Accept a Bulk Data export (``Prefer: respond-async``) and answer 202 with its status URL."""
+    level = "Patient" if request.path.endswith("/Patient/$export") else "system"
+    _note("export", level)
+    principal = _principal("Patient" if level == "Patient" else "*", "read")
+    if not _sees_everything(principal):
+        message = "Bulk export needs a system token that is not limited to a site."
+        raise Forbidden(
+            message, code="FHIR_EXPORT_FORBIDDEN", extra={"issue": [_oo_issue("forbidden", message)]}
+        )
+    if "respond-async" not in request.headers.get("Prefer", ""):
+        message = "Bulk export is asynchronous: send 'Prefer: respond-async'."
+        raise BadRequest(message, code="FHIR_EXPORT_SYNC", extra={"issue": [_oo_issue("invalid", message)]})
+    output_format = request.args.get("_outputFormat")
+    if output_format and output_format not in ("application/fhir+ndjson", "application/ndjson", "ndjson"):
+        message = f"_outputFormat {output_format} is not supported; use application/fhir+ndjson."
+        raise BadRequest(
+            message, code="FHIR_EXPORT_FORMAT", extra={"issue": [_oo_issue("not-supported", message)]}
+        )
+    types = [t.strip() for t in request.args.get("_type", "").split(",") if t.strip()]
+    for rtype in types:
+        _require_type(rtype)
+        if not principal.allows(rtype, "read"):
+            raise Forbidden(f"The token's scopes do not allow read on {rtype}.", code="INSUFFICIENT_SCOPE")
+    created = export.kick_off(
+        _export_root(),
+        request_url=request.url,
+        level=level,
+        types=types,
+        since=request.args.get("_since"),
+        owner=_owner(principal),
     )
+    g.fhir_audit.entity_id = created.id
+    return Response(status=202, headers={"Content-Location": f"{_base()}/$export-status/{created.id}"})
+
+
+def _own_export(export_id: str) -> export.ExportRequest:
+    principal = current_principal()
+    if not principal.is_authenticated:
+        raise Unauthorized("A bearer token is required.", code="FHIR_TOKEN_REQUIRED")
+    found = export.load(_export_root(), export_id)
+    if found.owner != _owner(principal):
+        raise NotFound("No such export.", code="FHIR_EXPORT_NOT_FOUND")
+    return found
+
+
+@bp.get("/$export-status/<export_id>")
+def export_status(export_id: str) -> Response:
+    """Report an export: 202 while it runs, the manifest when complete."""
+    found = _own_export(export_id)
+    if found.state in ("accepted", "in-progress"):
+        return Response(status=202, headers={"X-Progress": found.state, "Retry-After": "2"})
+    if found.state == "failed":
+        message = f"The export failed: {found.error}"
+        return _json(_outcome([_oo_issue("exception", message)]), 500)
+    response = Response(json.dumps(export.manifest(found)), status=200, mimetype="application/json")
+    response.headers["Expires"] = format_datetime(datetime.now(UTC) + timedelta(days=1), usegmt=True)
+    return response
+
+
+@bp.delete("/$export-status/<export_id>")
+def export_cancel(export_id: str) -> Response:
+    """Cancel an export and delete its files."""
+    _note("export-cancel", "Bulk", export_id)
+    _own_export(export_id)
+    export.cancel(_export_root(), export_id)
+    return Response(status=202)
+
+
+@bp.get("/$export-file/<export_id>/<name>")
+def export_file(export_id: str, name: str) -> Response:
+    """Serve one NDJSON file of a completed export."""
+    _note("export-download", "Bulk", export_id)
+    found = _own_export(export_id)
+    if found.state != "completed" or name not in {f"{o['type']}.ndjson" for o in found.output}:
+        raise NotFound("No such export file.", code="FHIR_EXPORT_NOT_FOUND")
+    path = _export_root() / export_id / name
+    return Response(path.read_bytes(), mimetype="application/fhir+ndjson")
+
+
+register_job("fhir.bulk_export", export.run_pending, "interval", seconds=5, coalesce=True, max_instances=1)
