@@ -20,7 +20,7 @@ from flask import Blueprint, Response, current_app, g, request
 from sqlalchemy import select
 from sqlalchemy.sql import Select
 
-from fhir import export, jsontext, services
+from fhir import auditevents, export, jsontext, services
 from fhir.capability import capability_statement
 from fhir.services import SearchResult, StoredResource
 from fhir.validation import is_resource_type
@@ -222,6 +222,26 @@ def _sees_everything(principal: Principal) -> bool:
     return principal.kind == "client" and principal.site_id is None
 
 
+def _audit_reader(principal: Principal) -> bool:
+    """Tell whether the caller reads AuditEvents: an admin, or a system token."""
+    return _sees_everything(principal) or principal.role == "admin"
+
+
+def _guard_audit_events(principal: Principal, resource_type: str, access: str) -> bool:
+    """Apply the AuditEvent rule; return True when the usual patient checks are skipped.
+
+    AuditEvents are read by admins and system tokens only, and written only by system
+    tokens (the audit trail is not something a user edits).
+    """
+    if resource_type != "AuditEvent":
+        return False
+    allowed = _sees_everything(principal) if access == "write" else _audit_reader(principal)
+    if not allowed:
+        message = "Only an administrator or a system token may read the audit trail."
+        raise Forbidden(message, code="FHIR_AUDIT_ONLY", extra={"issue": [_oo_issue("forbidden", message)]})
+    return True
+
+
 def _ensure_access(principal: Principal, patients: set[str], action: str) -> None:
     """Raise Forbidden unless the caller may ``action`` every patient in ``patients``."""
     if _sees_everything(principal):
@@ -350,8 +370,9 @@ def read(resource_type: str, resource_id: str) -> Response:
     """Read the current version; 304 when If-None-Match names it."""
     _note("read", resource_type, resource_id)
     principal = _principal(resource_type, "read")
+    audit_view = _guard_audit_events(principal, resource_type, "read")
     stored = services.read(get_session(), resource_type, resource_id)
-    patients = _check_readable(principal, stored)
+    patients = set() if audit_view else _check_readable(principal, stored)
     g.fhir_audit.patient_id = min(patients) if patients else None
     match = request.headers.get("If-None-Match")
     if match is not None and match.strip().removeprefix("W/").strip('"') == str(stored.version_id):
@@ -387,6 +408,7 @@ def create(resource_type: str) -> Response:
     """Create; conditional with If-None-Exist (or a query string)."""
     _note("create", resource_type)
     principal = _principal(resource_type, "write")
+    _guard_audit_events(principal, resource_type, "write")
     body = _body()
     resource = jsontext.loads(body)
     if not isinstance(resource, dict) or resource.get("resourceType") != resource_type:
@@ -414,6 +436,7 @@ def update(resource_type: str, resource_id: str) -> Response:
     """Update, or create under the client's id; If-Match makes it conditional on the version."""
     _note("update", resource_type, resource_id)
     principal = _principal(resource_type, "write")
+    _guard_audit_events(principal, resource_type, "write")
     session = get_session()
     before = services.compartments_of(session, resource_type, resource_id)
     if before and not _sees_everything(principal):
@@ -440,6 +463,7 @@ def conditional_update(resource_type: str) -> Response:
     """Update the one resource the query matches, or create it."""
     _note("update", resource_type)
     principal = _principal(resource_type, "write")
+    _guard_audit_events(principal, resource_type, "write")
     query = _condition_query()
     stored = services.conditional_update(
         get_session(), resource_type, query, _body(), check_references=_check_references()
@@ -461,6 +485,7 @@ def delete(resource_type: str, resource_id: str) -> Response:
     """Delete logically (a new, empty version); If-Match makes it conditional."""
     _note("delete", resource_type, resource_id)
     principal = _principal(resource_type, "write")
+    _guard_audit_events(principal, resource_type, "write")
     session = get_session()
     _require_type(resource_type)
     patients = services.compartments_of(session, resource_type, resource_id)
@@ -481,6 +506,7 @@ def conditional_delete(resource_type: str) -> Response:
     """Delete the one resource the query matches (none is fine)."""
     _note("delete", resource_type)
     principal = _principal(resource_type, "write")
+    _guard_audit_events(principal, resource_type, "write")
     session = get_session()
     query = _condition_query()
     match = services._conditional_match(session, resource_type, query)
@@ -517,6 +543,9 @@ def _search(resource_type: str, pairs: list[tuple[str, str]]) -> Response:
     strict = "handling=strict" in request.headers.get("Prefer", "")
     session = get_session()
     compartment: str | None = None
+    if _guard_audit_events(principal, resource_type, "read"):
+        result = services.search(session, resource_type, pairs, strict=strict)
+        return _respond(_searchset(result, f"{_base()}/{resource_type}"))
     if _is_patient(principal) and resource_type not in DIRECTORY_TYPES:
         own = _own_patients(principal)
         named = services.search_patients_named(pairs, resource_type)
@@ -975,3 +1004,4 @@ def export_file(export_id: str, name: str) -> Response:
 
 
 register_job("fhir.bulk_export", export.run_pending, "interval", seconds=5, coalesce=True, max_instances=1)
+register_job("fhir.audit_events", auditevents.run, "interval", seconds=10, coalesce=True, max_instances=1)
