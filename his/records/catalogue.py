@@ -12,6 +12,7 @@ import csv
 import io
 import re
 import unicodedata
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from functools import lru_cache
@@ -161,9 +162,17 @@ def parse_drug_csv(text: str) -> list[Drug]:
         raise ValidationFailed(
             N_("The CSV lacks required columns."), fields={c: N_("Missing column.") for c in missing}
         )
+    return parse_drug_rows(reader)
+
+
+def parse_drug_rows(rows: Iterable[Mapping[str, str | None]]) -> list[Drug]:
+    """Build drugs from CSV-like rows (numbered from line 2, after a header).
+
+    Raises ValidationFailed naming every bad line and column.
+    """
     errors: dict[str, str] = {}
     drugs: dict[str, Drug] = {}
-    for line, row in enumerate(reader, start=2):
+    for line, row in enumerate(rows, start=2):
         row = {k: (v or "").strip() for k, v in row.items() if k}
         code = row.get("code", "")
         if not code or len(code) > 40:

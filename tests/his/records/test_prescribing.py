@@ -1,0 +1,240 @@
+"""Prescribing, safety overrides, signing, verification, tamper detection and amendments."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable
+from datetime import date
+from decimal import Decimal
+
+import pytest
+from flask import Flask
+from sqlalchemy import select, text, update
+from sqlalchemy.orm import Session
+
+from fhir import services as store
+from fhir.models import FhirResourceHistory
+from his.errors import Conflict, ValidationFailed
+from his.models import User
+from his.records import services, signatures
+from his.records.models import Prescription, SigningKey
+from his.records.services import DraftLine, DraftPrescription
+from his.records.signatures import OverrideRequired
+
+from .conftest import Visit, actor_of
+
+TODAY = date.today()
+SECRET = "a-test-secret-that-is-long-enough-1234"
+WARFARIN_ASPIRIN = (DraftLine("VTS0012", "tối 1 viên"), DraftLine("VTS0010", "sáng 1 viên", "Uống sau ăn"))
+
+
+@pytest.fixture
+def doctor(make_user: Callable[..., User]) -> User:
+    return make_user("doctor", full_name="Lê Văn Minh")
+
+
+def prescribe(session: Session, visit: Visit, doctor: User, lines: tuple[DraftLine, ...], days: int = 5, **extra: object) -> Prescription:
+    prescription, _plan = services.save_prescription(
+        session, visit.encounter_id, DraftPrescription(lines, days, **extra), actor_of(doctor), on=TODAY  # type: ignore[arg-type]
+    )
+    return prescription
+
+
+def test_prescription_gets_a_national_code_and_grouped_medication_requests(
+    session: Session, make_visit: Callable[..., Visit], doctor: User
+) -> None:
+    visit = make_visit()
+    prescription = prescribe(session, visit, doctor, (DraftLine("VTS0001", "sáng 1 viên, chiều 1 viên"), DraftLine("VTS0020", "ngày 3 lần, mỗi lần 1 viên")))
+    assert prescription.code.startswith("01234") and prescription.code.endswith("-C") and len(prescription.code) == 14
+    found = store.search(session, "MedicationRequest", [("encounter", f"Encounter/{visit.encounter_id}")])
+    requests = sorted((m.resource for m in found.matches), key=lambda r: r["identifier"][0]["value"])
+    assert [r["groupIdentifier"]["value"] for r in requests] == [prescription.code] * 2
+    assert [r["dispenseRequest"]["quantity"]["value"] for r in requests] == [10, 15]
+    assert requests[0]["dosageInstruction"][0]["text"] == "sáng 1 viên, chiều 1 viên"
+    assert {r["status"] for r in requests} == {"draft"}
+
+
+def test_narcotic_prescription_is_type_n_and_limited_to_seven_days(
+    session: Session, make_visit: Callable[..., Visit], doctor: User
+) -> None:
+    visit = make_visit()
+    with pytest.raises(ValidationFailed) as caught:
+        prescribe(session, visit, doctor, (DraftLine("VTS0014", "sáng 1 viên, tối 1 viên"),), days=10)
+    assert "days" in caught.value.fields
+    prescription = prescribe(session, visit, doctor, (DraftLine("VTS0014", "sáng 1 viên, tối 1 viên"),), days=7)
+    assert prescription.code.endswith("-N")
+    with pytest.raises(ValidationFailed) as caught:
+        prescribe(session, visit, doctor, (DraftLine("VTS0014", "tối 1 viên"), DraftLine("VTS0001", "tối 1 viên")))
+    assert "lines" in caught.value.fields
+
+
+def test_bad_lines_are_named(session: Session, make_visit: Callable[..., Visit], doctor: User) -> None:
+    visit = make_visit()
+    with pytest.raises(ValidationFailed) as caught:
+        prescribe(session, visit, doctor, (DraftLine("NOPE", "sáng 1 viên"), DraftLine("VTS0001", "khi đau")), days=60)
+    assert set(caught.value.fields) == {"lines.1.drug", "lines.2.dosage", "days"}
+
+
+def test_child_without_weight_is_refused(session: Session, make_visit: Callable[..., Visit], doctor: User) -> None:
+    visit = make_visit(birth_date=date(TODAY.year - 3, 1, 1), name="Bé Na")
+    lines = (DraftLine("VTS0003", "ngày 3 lần, mỗi lần 5 ml"),)
+    with pytest.raises(ValidationFailed) as caught:
+        prescribe(session, visit, doctor, lines, days=3)
+    assert {"weight", "guardian_name"} <= set(caught.value.fields)
+    prescription = prescribe(session, visit, doctor, lines, days=3, weight_kg=Decimal(14), guardian_name="Nguyễn Thị Mẹ")
+    assert prescription.weight_kg == Decimal(14)
+
+
+def _signed(session: Session, visit: Visit, doctor: User) -> signatures.Signature:
+    services.add_diagnosis(session, visit.encounter_id, "I48", actor_of(doctor))
+    prescription = prescribe(session, visit, doctor, WARFARIN_ASPIRIN)
+    _plan = services.replan(session, prescription, on=TODAY)
+    reasons = {w.key: "Rung nhĩ, đã cân nhắc nguy cơ chảy máu" for w in _plan.warnings}
+    return signatures.sign_encounter(session, visit.encounter_id, actor_of(doctor), overrides=reasons, secret=SECRET, on=TODAY)
+
+
+def test_signing_is_refused_until_every_warning_has_a_reason(
+    session: Session, make_visit: Callable[..., Visit], doctor: User
+) -> None:
+    visit = make_visit()
+    services.add_diagnosis(session, visit.encounter_id, "I48", actor_of(doctor))
+    prescribe(session, visit, doctor, WARFARIN_ASPIRIN)
+    with pytest.raises(OverrideRequired) as caught:
+        signatures.sign_encounter(session, visit.encounter_id, actor_of(doctor), overrides={}, secret=SECRET, on=TODAY)
+    (key,) = caught.value.fields
+    assert key == "interaction:VTS0010+VTS0012" and "chảy máu" in caught.value.fields[key]
+    with pytest.raises(OverrideRequired):
+        signatures.sign_encounter(session, visit.encounter_id, actor_of(doctor), overrides={key: " "}, secret=SECRET, on=TODAY)
+    signature = signatures.sign_encounter(
+        session, visit.encounter_id, actor_of(doctor), overrides={key: "Rung nhĩ, theo dõi INR"}, secret=SECRET, on=TODAY
+    )
+    issue = next(t for t in signature.targets if t.startswith("DetectedIssue/"))
+    stored = store.read(session, "DetectedIssue", issue.split("/")[1]).resource
+    assert stored["mitigation"][0]["action"]["text"] == "Rung nhĩ, theo dõi INR"
+    assert stored["code"]["coding"][0]["code"] == "DRG" and stored["severity"] == "high"
+    assert len(stored["implicated"]) == 2
+
+
+def test_signature_is_a_verifiable_provenance_over_exact_versions(
+    session: Session, make_visit: Callable[..., Visit], doctor: User
+) -> None:
+    visit = make_visit()
+    signature = _signed(session, visit, doctor)
+    provenance = store.read(session, "Provenance", signature.provenance_id).resource
+    assert provenance["signature"][0]["sigFormat"] == "application/jose"
+    jws = base64.b64decode(provenance["signature"][0]["data"]).decode()
+    assert jws.count(".") == 2 and ".." in jws
+    kinds = {t.split("/")[0] for t in signature.targets}
+    assert {"Encounter", "Condition", "MedicationRequest", "DetectedIssue"} <= kinds
+    assert all("/_history/" in t for t in signature.targets)
+    report = signatures.verify(session, signature)
+    assert report.valid, report.problems
+    assert "Lê Văn Minh" in report.signer
+    encounter = store.read(session, "Encounter", visit.encounter_id).resource
+    assert encounter["status"] == "finished"
+    prescription = session.scalar(select(Prescription).where(Prescription.encounter_id == visit.encounter_id))
+    assert prescription.status == "signed"
+    requests = store.search(session, "MedicationRequest", [("encounter", f"Encounter/{visit.encounter_id}")])
+    assert {m.resource["status"] for m in requests.matches} == {"active"}
+
+
+def test_private_keys_are_encrypted_at_rest(session: Session, make_visit: Callable[..., Visit], doctor: User) -> None:
+    _signed(session, make_visit(), doctor)
+    rows = session.scalars(select(SigningKey)).all()
+    assert {r.kind for r in rows} == {"ca", "signer"}
+    for row in rows:
+        assert b"PRIVATE KEY" not in row.encrypted_key and len(row.encrypted_key) > 100
+    from his.records.signing import private_key_of
+
+    with pytest.raises(ValidationFailed):
+        private_key_of(rows[0], "another-secret-entirely-000000000000")
+
+
+def test_a_signed_record_refuses_edits(session: Session, make_visit: Callable[..., Visit], doctor: User) -> None:
+    visit = make_visit()
+    _signed(session, visit, doctor)
+    with pytest.raises(Conflict) as caught:
+        services.add_diagnosis(session, visit.encounter_id, "I10", actor_of(doctor))
+    assert caught.value.code == "RECORD_SIGNED" and "amend" in caught.value.extra
+    with pytest.raises(Conflict):
+        prescribe(session, visit, doctor, (DraftLine("VTS0001", "tối 1 viên"),))
+    with pytest.raises(Conflict):
+        signatures.sign_encounter(session, visit.encounter_id, actor_of(doctor), overrides={}, secret=SECRET, on=TODAY)
+
+
+def test_tampering_in_the_database_is_found_and_named(
+    session: Session, make_visit: Callable[..., Visit], doctor: User
+) -> None:
+    visit = make_visit()
+    signature = _signed(session, visit, doctor)
+    condition_ref = next(t for t in signature.targets if t.startswith("Condition/"))
+    rtype, rid, _h, version = condition_ref.split("/")
+    row = session.get(FhirResourceHistory, (rtype, rid, int(version)))
+    session.execute(
+        update(FhirResourceHistory)
+        .where(FhirResourceHistory.res_type == rtype, FhirResourceHistory.res_id == rid)
+        .values(content=row.content.replace('"I48"', '"I10"'))
+    )
+    session.expire_all()
+    report = signatures.verify(session, signature)
+    assert not report.valid
+    (problem,) = report.problems
+    assert problem.reference == condition_ref
+    assert problem.paths == ("code.coding[0].code",)
+
+
+def test_a_later_version_without_amendment_is_reported(
+    session: Session, make_visit: Callable[..., Visit], doctor: User
+) -> None:
+    visit = make_visit()
+    signature = _signed(session, visit, doctor)
+    encounter = store.read(session, "Encounter", visit.encounter_id).resource
+    encounter.pop("meta")
+    encounter["status"] = "cancelled"
+    store.update(session, "Encounter", visit.encounter_id, encounter)
+    report = signatures.verify(session, signature)
+    assert [p.message for p in report.problems] == ["A newer version was written without an amendment signature."]
+    assert report.problems[0].reference.startswith(f"Encounter/{visit.encounter_id}/_history/")
+
+
+def test_amendment_is_a_new_signed_version_naming_the_old_one(
+    session: Session, make_visit: Callable[..., Visit], doctor: User
+) -> None:
+    visit = make_visit()
+    services.save_note(session, visit.encounter_id, {"chief_complaint": "Hồi hộp"}, actor_of(doctor))
+    original = _signed(session, visit, doctor)
+    note_ref = next(t for t in original.targets if t.startswith("Composition/"))
+    note = store.read(session, "Composition", note_ref.split("/")[1]).resource
+    note["section"][0]["text"]["div"] = '<div xmlns="http://www.w3.org/1999/xhtml">Hồi hộp, khó thở</div>'
+    with pytest.raises(ValidationFailed):
+        signatures.amend(session, visit.encounter_id, note, actor_of(doctor), reason="", secret=SECRET)
+    amendment = signatures.amend(session, visit.encounter_id, note, actor_of(doctor), reason="Bổ sung triệu chứng", secret=SECRET)
+    provenance = store.read(session, "Provenance", amendment.provenance_id).resource
+    assert provenance["entity"][0]["what"]["reference"] == note_ref
+    assert provenance["reason"][0]["text"] == "Bổ sung triệu chứng"
+    assert signatures.verify(session, amendment).valid
+    report = signatures.verify(session, original)
+    assert report.valid and report.amended_by == [amendment.targets[0]]
+    request = next(t for t in original.targets if t.startswith("MedicationRequest/"))
+    mr = store.read(session, "MedicationRequest", request.split("/")[1]).resource
+    with pytest.raises(Conflict):
+        signatures.amend(session, visit.encounter_id, mr, actor_of(doctor), reason="Đổi liều", secret=SECRET)
+
+
+def test_verify_command_reports_valid_and_tampered_records(
+    app: Flask, session: Session, make_visit: Callable[..., Visit], doctor: User
+) -> None:
+    visit = make_visit()
+    signature = _signed(session, visit, doctor)
+    code = session.scalar(select(Prescription.code).where(Prescription.encounter_id == visit.encounter_id))
+    session.commit()
+    runner = app.test_cli_runner()
+    result = runner.invoke(args=["verify", code.lower()])
+    assert result.exit_code == 0, result.output
+    assert "VALID" in result.output and signature.provenance_id in result.output
+    session.execute(text("UPDATE fhir_resource_history SET content = replace(content, '\"tối 1 viên\"', '\"tối 3 viên\"') WHERE res_type = 'MedicationRequest'"))
+    session.commit()
+    result = runner.invoke(args=["verify", visit.encounter_id])
+    assert result.exit_code == 1
+    assert "INVALID" in result.output and "dosageInstruction[0].text" in result.output
+    assert runner.invoke(args=["verify", "nothing-like-this"]).exit_code == 2
