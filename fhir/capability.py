@@ -115,6 +115,16 @@ def capability_statement(base_url: str) -> dict[str, Any]:
                 },
                 "resource": list(_resources()),
                 "interaction": [{"code": "transaction"}, {"code": "batch"}, {"code": "history-system"}],
+                "operation": [
+                    {
+                        "name": "export",
+                        "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export",
+                    },
+                    {
+                        "name": "patient-export",
+                        "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/patient-export",
+                    },
+                ],
             }
         ],
     }

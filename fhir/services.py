@@ -1166,6 +1166,9 @@ def search(
             if compartment is not None:
                 allowed = in_compartment(session, compartment, list(fetched))
                 fetched = {k: v for k, v in fetched.items() if k in allowed}
+            if visible_patients is not None:
+                hidden = _hidden(session, list(fetched), visible_patients)
+                fetched = {k: v for k, v in fetched.items() if k not in hidden}
             included = [fetched[k] for k in keys if k in fetched]
     elements = tuple(e.strip() for e in settings.get("_elements", "").split(",") if e.strip())
     kept = [(k, v) for k, v in pairs if k not in PAGING_PARAMS]
@@ -1183,6 +1186,26 @@ def search(
         summary=summary,
         elements=elements,
     )
+
+
+def _hidden(
+    session: Session, keys: Sequence[tuple[str, str]], visible_patients: Select[Any]
+) -> set[tuple[str, str]]:
+    """Return which of ``keys`` belong to a patient outside ``visible_patients``."""
+    C = FhirCompartment
+    hidden: set[tuple[str, str]] = set()
+    by_type: dict[str, list[str]] = defaultdict(list)
+    for rtype, rid in keys:
+        by_type[rtype].append(rid)
+    for rtype, ids in by_type.items():
+        for part in _chunks(ids):
+            rows = session.execute(
+                select(C.res_type, C.res_id).where(
+                    C.res_type == rtype, C.res_id.in_(part), C.patient_id.not_in(visible_patients)
+                )
+            )
+            hidden.update((t, i) for t, i in rows)
+    return hidden
 
 
 def in_compartment(

@@ -73,6 +73,12 @@ def validate_resource(resource: Any, prefix: str | None = None) -> list[dict[str
                 f"{prefix}.resourceType" if prefix else "resourceType",
             )
         ]
+    nulls = list(_null_paths(resource, prefix or rtype))
+    if nulls:
+        return [
+            _issue("structure", f"{path}: null is not allowed in FHIR JSON; leave the element out", path)
+            for path in nulls[:10]
+        ]
     try:
         get_fhir_model_class(rtype).model_validate(resource)
     except ValidationError as exc:
@@ -80,6 +86,20 @@ def validate_resource(resource: Any, prefix: str | None = None) -> list[dict[str
     except (ValueError, TypeError) as exc:
         return [_issue("invalid", str(exc), prefix or rtype)]
     return []
+
+
+def _null_paths(node: Any, path: str) -> Any:
+    """Yield the paths of JSON nulls (FHIR forbids them; an array of primitives may hold them)."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if value is None:
+                yield f"{path}.{key}"
+            elif isinstance(value, dict | list):
+                yield from _null_paths(value, f"{path}.{key}")
+    elif isinstance(node, list):
+        for index, item in enumerate(node):
+            if isinstance(item, dict | list):
+                yield from _null_paths(item, f"{path}[{index}]")
 
 
 def _issue_from_error(error: Any, root: str) -> dict[str, Any]:

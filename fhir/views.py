@@ -747,6 +747,48 @@ def _history(resource_type: str | None, resource_id: str | None) -> Response:
     return _respond(body)
 
 
+def _check_bundle_entry(principal: Principal, session: Any, index: int, entry: Any) -> str:
+    """Check one entry's scopes (and, for deletes, its patients) before anything runs.
+
+    Returns the entry's method. Searches and conditional deletes inside a Bundle are
+    for system tokens only: their results could not be limited to what the caller sees.
+    """
+    request_part = entry.get("request") if isinstance(entry, dict) else None
+    request_part = request_part if isinstance(request_part, dict) else {}
+    method = str(request_part.get("method", "GET")).upper()
+    method = "GET" if method == "HEAD" else method
+    url = str(request_part.get("url", "")).lstrip("/")
+    path = url.split("?")[0].split("/")
+    rtype = path[0]
+    access = "read" if method == "GET" else "write"
+
+    def refuse(message: str) -> Forbidden:
+        where = f"Bundle.entry[{index}]"
+        return Forbidden(
+            f"{where}: {message}",
+            code="INSUFFICIENT_SCOPE",
+            extra={"issue": [_oo_issue("forbidden", f"{where}: {message}") | {"expression": [where]}]},
+        )
+
+    if rtype and not principal.allows(rtype, access):
+        raise refuse(f"the token's scopes do not allow {access} on {rtype}.")
+    if rtype == "AuditEvent":
+        _guard_audit_events(principal, rtype, access)
+    if _sees_everything(principal):
+        return method
+    has_id = len(path) > 1 and bool(path[1])
+    if method in ("GET", "DELETE") and not has_id:
+        raise refuse("searches and conditional deletes inside a Bundle need a system token.")
+    if method == "DELETE" and is_resource_type(rtype):
+        patients = services.compartments_of(session, rtype, path[1])
+        if _is_patient(principal):
+            if not patients or patients - _own_patients(principal):
+                raise _forbidden_compartment()
+        else:
+            _ensure_access(principal, patients, "write")
+    return method
+
+
 @bp.post("/")
 @bp.post("")
 def bundle() -> Response:
@@ -759,25 +801,11 @@ def bundle() -> Response:
     parsed = jsontext.loads(body)
     if not isinstance(parsed, dict) or parsed.get("resourceType") != "Bundle":
         raise services._wrong_type("Bundle", parsed.get("resourceType") if isinstance(parsed, dict) else None)
-    for index, entry in enumerate(parsed.get("entry") or []):
-        method = (
-            str(((entry or {}).get("request") or {}).get("method", "GET")).upper()
-            if isinstance(entry, dict)
-            else "GET"
-        )
-        url = str(((entry or {}).get("request") or {}).get("url", "")) if isinstance(entry, dict) else ""
-        rtype = url.lstrip("/").split("?")[0].split("/")[0]
-        access = "read" if method in ("GET", "HEAD") else "write"
-        if rtype and not principal.allows(rtype, access):
-            message = f"Bundle.entry[{index}]: the token's scopes do not allow {access} on {rtype}."
-            raise Forbidden(
-                message,
-                code="INSUFFICIENT_SCOPE",
-                extra={
-                    "issue": [_oo_issue("forbidden", message) | {"expression": [f"Bundle.entry[{index}]"]}]
-                },
-            )
     session = get_session()
+    methods = [
+        _check_bundle_entry(principal, session, index, entry)
+        for index, entry in enumerate(parsed.get("entry") or [])
+    ]
     result = services.transaction(session, parsed, check_references=_check_references())
     created_patients = {
         e.stored.id
@@ -789,20 +817,18 @@ def bundle() -> Response:
             raise _forbidden_compartment()
         _grant_site(principal, patient_id)
     if not _sees_everything(principal):
-        for entry in result.entries:
+        for method, entry in zip(methods, result.entries, strict=True):
             stored = entry.stored
             if stored is None or (stored.type == "Patient" and stored.id in created_patients):
                 continue
             patients = services.compartments_of(session, stored.type, stored.id) - created_patients
             if _is_patient(principal):
-                if patients - _own_patients(principal):
+                if patients - _own_patients(principal) or (
+                    method == "GET" and not patients and stored.type not in DIRECTORY_TYPES
+                ):
                     raise _forbidden_compartment()
             else:
-                _ensure_access(
-                    principal,
-                    patients,
-                    "read" if entry.status.startswith("200") and entry.location is None else "write",
-                )
+                _ensure_access(principal, patients, "read" if method == "GET" else "write")
     g.fhir_audit.detail = f"{result.type}: {len(result.entries)} entries"
     entries: list[str] = []
     for entry in result.entries:

@@ -418,3 +418,39 @@ def test_every_interaction_is_audited(
     assert ("search", "success") in actions
     assert ("read", "denied") in actions
     assert any(r.action == "read" and r.patient_id == patient["id"] for r in rows)
+
+
+def test_bundles_cannot_reach_past_the_callers_patients(
+    fhir: FhirClient, fhir_as: Callable[..., FhirClient]
+) -> None:
+    theirs = _create(fhir, patient_body())
+    obs = _create(fhir, _observation(theirs["id"]))
+    outsider = fhir_as("doctor", site="CENT")
+    search = {
+        "resourceType": "Bundle",
+        "type": "batch",
+        "entry": [{"request": {"method": "GET", "url": "Observation"}}],
+    }
+    assert outsider.post("", search).status_code == 403
+    read = {
+        "resourceType": "Bundle",
+        "type": "batch",
+        "entry": [{"request": {"method": "GET", "url": f"Observation/{obs['id']}"}}],
+    }
+    assert outsider.post("", read).status_code == 403
+    remove = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [{"request": {"method": "DELETE", "url": f"Observation/{obs['id']}"}}],
+    }
+    assert outsider.post("", remove).status_code == 403
+    assert fhir.get(f"Observation/{obs['id']}").status_code == 200
+    own = outsider.post("Patient", patient_body()).json
+    mine = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [{"resource": _observation(own["id"]), "request": {"method": "POST", "url": "Observation"}}],
+    }
+    assert outsider.post("", mine).status_code == 200
+    included = outsider.get(f"Observation?patient={own['id']}&_include=Observation:patient").json
+    assert {e["resource"]["resourceType"] for e in included["entry"]} == {"Observation", "Patient"}

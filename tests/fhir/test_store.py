@@ -100,6 +100,9 @@ def test_invalid_resources_name_the_element(db: Session) -> None:
         services.create(db, patient_body(nickname="Lan"))
     assert caught.value.extra["issue"][0]["expression"] == ["Patient.nickname"]
     with pytest.raises(ValidationFailed) as caught:
+        services.create(db, patient_body(gender=None))
+    assert caught.value.extra["issue"][0]["expression"] == ["Patient.gender"]
+    with pytest.raises(ValidationFailed) as caught:
         services.create(db, {"resourceType": "Observation", "code": {"text": "x"}})
     assert "Observation.status" in [i["expression"][0] for i in caught.value.extra["issue"]]
     assert db.scalar(select(func.count()).select_from(FhirResource)) == 0
@@ -140,12 +143,9 @@ def test_token_search_forms(db: Session) -> None:
 def test_date_prefixes_and_precision(db: Session) -> None:
     patient = services.create(db, patient_body())
     early = services.create(db, _observation(patient.id, effectiveDateTime="2024-03-05T08:30:00+07:00"))
-    late = services.create(
-        db,
-        _observation(
-            patient.id, effectiveDateTime=None, effectivePeriod={"start": "2024-04-01", "end": "2024-04-30"}
-        ),
-    )
+    late_body = _observation(patient.id, effectivePeriod={"start": "2024-04-01", "end": "2024-04-30"})
+    del late_body["effectiveDateTime"]
+    late = services.create(db, late_body)
 
     def find(*values: str) -> set[str]:
         return set(_ids(services.search(db, "Observation", [("date", v) for v in values])))
@@ -404,3 +404,28 @@ def test_index_rows_are_replaced_on_update(db: Session) -> None:
         )
     ).all()
     assert families == ["pham"]
+
+
+def test_common_parameters_id_last_updated_tag_profile_and_missing(db: Session) -> None:
+    profile = "http://fhir.ehealth.gov.vn/core/StructureDefinition/vn-core-patient"
+    tagged = services.create(
+        db,
+        patient_body(
+            meta={"profile": [profile], "tag": [{"system": "http://example.org/tags", "code": "vip"}]}
+        ),
+    )
+    plain_body = patient_body()
+    del plain_body["birthDate"]
+    plain = services.create(db, plain_body)
+    assert _ids(services.search(db, "Patient", [("_id", f"{tagged.id},nope")])) == [tagged.id]
+    assert _ids(services.search(db, "Patient", [("_tag", "http://example.org/tags|vip")])) == [tagged.id]
+    assert _ids(services.search(db, "Patient", [("_profile", profile)])) == [tagged.id]
+    assert _ids(services.search(db, "Patient", [("_profile:below", "http://fhir.ehealth.gov.vn/core/")])) == [
+        tagged.id
+    ]
+    assert _ids(services.search(db, "Patient", [("birthdate:missing", "true")])) == [plain.id]
+    assert _ids(services.search(db, "Patient", [("birthdate:missing", "false")])) == [tagged.id]
+    stamp = services.instant(tagged.last_updated)
+    assert tagged.id in _ids(services.search(db, "Patient", [("_lastUpdated", f"ge{stamp}")]))
+    assert services.search(db, "Patient", [("_lastUpdated", "lt2000-01-01")]).total == 0
+    assert _ids(services.search(db, "Patient", [("_sort", "-_lastUpdated"), ("_count", "1")])) == [plain.id]
