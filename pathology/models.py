@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import BigInteger, DateTime, Float, ForeignKey, Integer, String, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from his.db import Base, utcnow
@@ -41,4 +42,82 @@ class Slide(Base):
     objective_power: Mapped[float | None] = mapped_column(Float)
     scanned_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     imaging_study_id: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+CASE_STATUSES = ("new", "in_progress", "reported")
+REPORT_STATUSES = ("draft", "signed")
+
+
+class ConsultCase(Base):
+    """A pathology consult: a district site asks a central site to read slides (the Task of its ServiceRequest).
+
+    The state runs new → in_progress (a pathologist took it) → reported (the report is signed).
+    """
+
+    __tablename__ = "pathology_cases"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    requesting_site_id: Mapped[int] = mapped_column(ForeignKey("sites.id"), index=True)
+    receiving_site_id: Mapped[int] = mapped_column(ForeignKey("sites.id"), index=True)
+    requested_by: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    patient_id: Mapped[str] = mapped_column(String(64), index=True)
+    clinical_question: Mapped[str] = mapped_column(Text)
+    specimen_type: Mapped[str] = mapped_column(String(200))
+    body_site: Mapped[str | None] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(20), default="new", index=True)
+    assigned_to: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    service_request_id: Mapped[str | None] = mapped_column(String(64))
+    specimen_id: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    taken_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    reported_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class CaseReport(Base):
+    """The pathologist's report of a case: a draft until signed, then frozen and mirrored by a DiagnosticReport."""
+
+    __tablename__ = "pathology_reports"
+
+    case_id: Mapped[str] = mapped_column(ForeignKey("pathology_cases.id"), primary_key=True)
+    author_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    macroscopic: Mapped[str] = mapped_column(Text, default="")
+    microscopic: Mapped[str] = mapped_column(Text, default="")
+    conclusion: Mapped[str] = mapped_column(Text, default="")
+    diagnosis_code: Mapped[str | None] = mapped_column(String(20))
+    diagnosis_display: Mapped[str | None] = mapped_column(String(300))
+    status: Mapped[str] = mapped_column(String(20), default="draft")
+    diagnostic_report_id: Mapped[str | None] = mapped_column(String(64))
+    provenance_id: Mapped[str | None] = mapped_column(String(64))
+    signed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+
+
+class Annotation(Base):
+    """One GeoJSON Feature drawn on a slide, its coordinates in micrometres from the slide's top-left corner."""
+
+    __tablename__ = "pathology_annotations"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    slide_id: Mapped[str] = mapped_column(ForeignKey("pathology_slides.id", ondelete="CASCADE"), index=True)
+    author_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    author_name: Mapped[str] = mapped_column(String(200), default="")
+    feature: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class SigningKey(Base):
+    """A key of the hospital's signing PKI: a site's CA (``user_id`` empty) or one signer's key and certificate.
+
+    The private key is stored PEM-encrypted with a password derived from the app's secret key.
+    """
+
+    __tablename__ = "pathology_signing_keys"
+    __table_args__ = (UniqueConstraint("site_id", "user_id", name="uq_pathology_signing_keys_site_user"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    site_id: Mapped[int] = mapped_column(ForeignKey("sites.id"), index=True)
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    certificate_pem: Mapped[str] = mapped_column(Text)
+    private_key_pem: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

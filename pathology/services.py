@@ -11,10 +11,12 @@ from his.errors import N_, Forbidden, NotFound
 from his.models import Site
 from his.security import Principal
 from pathology.fhir_mapping import imaging_study
-from pathology.models import Slide
+from pathology.models import ConsultCase, Slide
 
 UPLOAD_ROLES = frozenset({"doctor", "nurse", "pathologist"})
 READ_ROLES = frozenset({"doctor", "nurse", "pathologist"})
+CONSULT_READ_ROLES = frozenset({"pathologist"})
+LABEL_ROLES = frozenset({"doctor", "pathologist"})
 
 
 class SlideNotFound(NotFound):
@@ -27,18 +29,58 @@ class SlideAccessDenied(Forbidden):
     message = N_("You may not see this slide.")
 
 
+def slide_reader_roles(session: Session, slide: Slide) -> dict[int, frozenset[str]]:
+    """Return, per site, the roles whose staff may see a slide.
+
+    The uploading site's clinical staff; for a slide of a consult, also the requesting
+    site's clinical staff and the receiving site's pathologists.
+    """
+    readers: dict[int, frozenset[str]] = {slide.site_id: READ_ROLES}
+    if slide.case_id:
+        case = session.get(ConsultCase, slide.case_id)
+        if case is not None:
+            readers[case.requesting_site_id] = READ_ROLES
+            readers[case.receiving_site_id] = (
+                readers.get(case.receiving_site_id, frozenset()) | CONSULT_READ_ROLES
+            )
+    return readers
+
+
 def slide_site_ids(session: Session, slide: Slide) -> set[int]:
-    """Return the sites whose staff may see a slide: the uploading site (consults will add theirs)."""
-    return {slide.site_id}
+    """Return the sites whose staff may see a slide: the uploading site and, in a consult, both ends."""
+    return set(slide_reader_roles(session, slide))
 
 
 def may_read_slide(session: Session, principal: Principal, slide: Slide) -> bool:
     """Tell whether the principal may see a slide and its tiles."""
     if not principal.is_authenticated or not principal.allows("ImagingStudy", "read"):
         return False
-    if principal.kind == "user" and principal.role not in READ_ROLES:
+    if principal.site_id is None:
         return False
-    return principal.site_id is not None and principal.site_id in slide_site_ids(session, slide)
+    roles = slide_reader_roles(session, slide).get(principal.site_id)
+    if roles is None:
+        return False
+    return principal.kind != "user" or principal.role in roles
+
+
+def may_see_label(session: Session, principal: Principal, slide: Slide) -> bool:
+    """Tell whether the principal may see the slide's label image, which can carry patient identifiers.
+
+    Only doctors and pathologists who may see the slide, signed in as themselves, do.
+    """
+    return (
+        principal.kind == "user"
+        and principal.role in LABEL_ROLES
+        and may_read_slide(session, principal, slide)
+    )
+
+
+def slide_patient_id(session: Session, slide: Slide) -> str | None:
+    """Return the patient of a slide in a consult case, for the audit trail."""
+    if not slide.case_id:
+        return None
+    case = session.get(ConsultCase, slide.case_id)
+    return case.patient_id if case is not None else None
 
 
 def get_slide(session: Session, slide_id: str) -> Slide:
@@ -54,7 +96,9 @@ def get_slide(session: Session, slide_id: str) -> Slide:
     return slide
 
 
-def readable_slide(session: Session, principal: Principal, slide_id: str, *, audit_read: bool = True) -> Slide:
+def readable_slide(
+    session: Session, principal: Principal, slide_id: str, *, audit_read: bool = True
+) -> Slide:
     """Return a slide the principal may see, auditing the read.
 
     Raises SlideNotFound for an unknown id and SlideAccessDenied (audited) for a slide

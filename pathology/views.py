@@ -3,22 +3,58 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
+from flask_babel import gettext as _
 
 from his import audit
+from his.api import json_body
 from his.db import get_session
-from his.errors import N_, ValidationFailed
+from his.errors import N_, Forbidden, ValidationFailed
 from his.events import publish
+from his.models import Site
 from his.openapi import api_doc
-from his.policy import ensure_patient_access
-from his.security import current_principal, login_required
+from his.policy import ensure_patient_access, grant_site_access
+from his.security import current_principal, login_required, scope_required
+from pathology import signing
+from pathology.annotations import add_annotation, as_geojson, remove_annotation, slide_annotations
+from pathology.cases import (
+    RECEIVING_ROLES,
+    REQUEST_ROLES,
+    CaseRequest,
+    case_role,
+    case_row,
+    case_slides,
+    case_summary,
+    create_case,
+    readable_case,
+    requested_cases,
+    take_case,
+    worklist,
+)
+from pathology.images import label_image, thumbnail
 from pathology.ingest import ingest, too_large
-from pathology.services import ensure_may_upload, readable_slide, record_imaging_study, slide_summary
+from pathology.models import CASE_STATUSES, ConsultCase
+from pathology.reports import ReportInput, get_report, report_summary, save_draft, sign_report, verify_report
+from pathology.services import (
+    ensure_may_upload,
+    may_see_label,
+    readable_slide,
+    record_imaging_study,
+    slide_patient_id,
+    slide_summary,
+)
 from pathology.store import slide_store
 from pathology.tiles import tile_server
 
-bp = Blueprint("pathology", __name__, template_folder="templates", static_folder="static", static_url_path="/static/pathology")
+bp = Blueprint(
+    "pathology",
+    __name__,
+    template_folder="templates",
+    static_folder="static/pathology",
+    static_url_path="/static/pathology",
+)
 
 DEFAULT_MAX_SLIDE_BYTES = 4 * 1024 * 1024 * 1024
 MULTIPART_OVERHEAD = 1024 * 1024
@@ -31,7 +67,10 @@ SLIDE_OUTPUT = {
     "properties": {
         "id": {"type": "string"},
         "status": {"type": "string", "enum": ["processing", "ready", "failed"]},
-        "duplicate": {"type": "boolean", "description": "true when this file was already uploaded by the site"},
+        "duplicate": {
+            "type": "boolean",
+            "description": "true when this file was already uploaded by the site",
+        },
         "case_id": {"type": "string", "nullable": True},
         "filename": {"type": "string"},
         "sha256": {"type": "string"},
@@ -70,7 +109,10 @@ def max_slide_bytes() -> int:
         "required": ["file"],
         "properties": {
             "file": {"type": "string", "format": "binary"},
-            "case_id": {"type": "string", "description": "without a case the slide waits in the site's inbox"},
+            "case_id": {
+                "type": "string",
+                "description": "without a case the slide waits in the site's inbox",
+            },
             "patient_id": {
                 "type": "string",
                 "description": "the patient's FHIR id; the slide is then recorded as an ImagingStudy (modality SM)",
@@ -179,3 +221,404 @@ def slide_tile(slide_id: str, level: int, col: int, row: int) -> Response:
     response = _cacheable(tile.data, "image/jpeg", tile.etag)
     response.headers["X-Tile-Source"] = "native" if tile.native else "rendered"
     return response
+
+
+CASE_OUTPUT = {
+    "type": "object",
+    "required": ["id", "status"],
+    "properties": {
+        "id": {"type": "string"},
+        "status": {"type": "string", "enum": ["new", "in_progress", "reported"]},
+        "patient_id": {"type": "string"},
+        "clinical_question": {"type": "string"},
+        "specimen_type": {"type": "string"},
+        "body_site": {"type": "string", "nullable": True},
+        "requesting_site": {"type": "string"},
+        "receiving_site": {"type": "string"},
+        "assigned_to": {
+            "type": "string",
+            "nullable": True,
+            "description": "the pathologist who took the case",
+        },
+        "slide_count": {"type": "integer"},
+        "waiting_seconds": {"type": "integer", "description": "since the request, until it was reported"},
+        "created_at": {"type": "string", "format": "date-time"},
+        "taken_at": {"type": "string", "format": "date-time", "nullable": True},
+        "reported_at": {"type": "string", "format": "date-time", "nullable": True},
+        "service_request": {"type": "string", "example": "ServiceRequest/123"},
+        "specimen": {"type": "string", "example": "Specimen/123"},
+        "slides": {"type": "array", "items": SLIDE_OUTPUT},
+    },
+}
+
+
+def _case_detail(case: ConsultCase) -> dict[str, Any]:
+    session = get_session()
+    body = case_summary(case_row(session, case))
+    body["slides"] = [slide_summary(slide) for slide in case_slides(session, case)]
+    return body
+
+
+@bp.post("/api/v1/cases")
+@login_required
+@scope_required("ServiceRequest", "write")
+@api_doc(
+    "Ask a central hospital for a pathology consult: a ServiceRequest with the clinical question, a "
+    "Specimen, and slides of your site's inbox. The receiving site's pathologists then see the case, "
+    "its slides and its patient.",
+    tags=["pathology"],
+    request={
+        "type": "object",
+        "required": ["patient_id", "receiving_site", "clinical_question", "specimen_type", "slide_ids"],
+        "properties": {
+            "patient_id": {"type": "string"},
+            "receiving_site": {
+                "type": "string",
+                "description": "code of the central site",
+                "example": "CENT",
+            },
+            "clinical_question": {"type": "string"},
+            "specimen_type": {"type": "string", "example": "Colon biopsy"},
+            "body_site": {"type": "string"},
+            "slide_ids": {"type": "array", "items": {"type": "string"}},
+        },
+    },
+    responses={201: CASE_OUTPUT, 401: None, 403: None, 409: None, 422: None},
+)
+def create_case_endpoint() -> tuple[Response, int]:
+    """Open a consult case from the JSON body."""
+    body = json_body()
+    slide_ids = body.get("slide_ids") or []
+    if not isinstance(slide_ids, list) or not all(isinstance(item, str) for item in slide_ids):
+        raise ValidationFailed(fields={"slide_ids": N_("Give a list of slide ids.")})
+    wanted = CaseRequest(
+        patient_id=str(body.get("patient_id") or ""),
+        receiving_site=str(body.get("receiving_site") or ""),
+        clinical_question=str(body.get("clinical_question") or ""),
+        specimen_type=str(body.get("specimen_type") or ""),
+        body_site=str(body.get("body_site") or "") or None,
+        slide_ids=tuple(slide_ids),
+    )
+    case = open_case(wanted)
+    response = jsonify(_case_detail(case))
+    response.headers["Location"] = f"/api/v1/cases/{case.id}"
+    return response, 201
+
+
+def open_case(wanted: CaseRequest) -> ConsultCase:
+    """Create a case, share its patient with the receiving site, audit it and tell the worklists."""
+    principal = current_principal()
+    if wanted.patient_id.strip():
+        ensure_patient_access(principal, wanted.patient_id.strip(), "write")
+    session = get_session()
+    case = create_case(session, principal, wanted)
+    grant_site_access(case.patient_id, case.receiving_site_id, reason="consult")
+    audit.record("create", "PathologyCase", case.id, patient_id=case.patient_id)
+    publish("pathology.case.created", {"case_id": case.id, "receiving_site_id": case.receiving_site_id})
+    return case
+
+
+@bp.get("/api/v1/cases")
+@login_required
+@scope_required("ServiceRequest", "read")
+@api_doc(
+    "List consult cases: for a central pathologist the worklist of cases sent to the site (oldest "
+    "waiting first), for others the cases their site sent (newest first).",
+    tags=["pathology"],
+    parameters=[
+        {
+            "name": "status",
+            "in": "query",
+            "schema": {"type": "string", "enum": ["new", "in_progress", "reported"]},
+        }
+    ],
+    responses={
+        200: {"type": "object", "properties": {"cases": {"type": "array", "items": CASE_OUTPUT}}},
+        401: None,
+    },
+)
+def list_cases_endpoint() -> Response:
+    """Return the caller's worklist or their site's requested cases."""
+    principal = current_principal()
+    status = request.args.get("status") or None
+    if status is not None and status not in CASE_STATUSES:
+        raise ValidationFailed(fields={"status": N_("Use new, in_progress or reported.")})
+    session = get_session()
+    if principal.site_id is None or principal.role not in REQUEST_ROLES | RECEIVING_ROLES:
+        rows = []
+    elif principal.role in RECEIVING_ROLES and _is_central(principal.site_id):
+        rows = worklist(session, principal.site_id, status)
+    else:
+        rows = [
+            row for row in requested_cases(session, principal.site_id) if status in (None, row.case.status)
+        ]
+    audit.record("search", "PathologyCase", None, detail=f"{len(rows)} cases")
+    return jsonify({"cases": [case_summary(row) for row in rows]})
+
+
+def _is_central(site_id: int) -> bool:
+    site = get_session().get(Site, site_id)
+    return site is not None and site.kind == "central"
+
+
+@bp.get("/api/v1/cases/<case_id>")
+@login_required
+@scope_required("ServiceRequest", "read")
+@api_doc(
+    "Read a consult case with its slides (the requesting site's staff and the receiving site's pathologists)",
+    tags=["pathology"],
+    responses={200: CASE_OUTPUT, 401: None, 403: None, 404: None},
+)
+def read_case_endpoint(case_id: str) -> Response:
+    """Return one case."""
+    case = readable_case(get_session(), current_principal(), case_id)
+    audit.record("read", "PathologyCase", case.id, patient_id=case.patient_id)
+    return jsonify(_case_detail(case))
+
+
+@bp.post("/api/v1/cases/<case_id>/take")
+@login_required
+@scope_required("ServiceRequest", "write")
+@api_doc(
+    "Take a new case (a pathologist of the receiving site); it moves to in_progress",
+    tags=["pathology"],
+    responses={200: CASE_OUTPUT, 401: None, 403: None, 404: None, 409: None},
+)
+def take_case_endpoint(case_id: str) -> Response:
+    """Assign the case to the calling pathologist."""
+    session = get_session()
+    case = take_case(session, current_principal(), readable_case(session, current_principal(), case_id))
+    audit.record("update", "PathologyCase", case.id, patient_id=case.patient_id, detail="taken")
+    publish("pathology.case.taken", {"case_id": case.id, "receiving_site_id": case.receiving_site_id})
+    return jsonify(_case_detail(case))
+
+
+@bp.get("/slides/<slide_id>/thumbnail.jpeg")
+@login_required
+def slide_thumbnail(slide_id: str) -> Response:
+    """Return a small picture of the whole slide for case lists."""
+    slide = readable_slide(get_session(), current_principal(), slide_id, audit_read=False)
+    path = slide_store().resolve(slide.stored_path)
+    server = tile_server()
+    return _cacheable(
+        thumbnail(server, slide.id, path), "image/jpeg", server.etag(slide.id, slide.sha256, path, -1)
+    )
+
+
+@bp.get("/slides/<slide_id>/label.jpeg")
+@login_required
+def slide_label(slide_id: str) -> Response:
+    """Return the slide's label image, which can carry patient identifiers, to authorised users only."""
+    session = get_session()
+    principal = current_principal()
+    slide = readable_slide(session, principal, slide_id, audit_read=False)
+    if not may_see_label(session, principal, slide):
+        audit.record("read", "SlideLabel", slide.id, outcome="denied")
+        raise Forbidden(N_("You may not see this slide's label."), code="SLIDE_LABEL_DENIED")
+    path = slide_store().resolve(slide.stored_path)
+    data = label_image(tile_server(), slide.id, path)
+    audit.record("read", "SlideLabel", slide.id, patient_id=slide_patient_id(session, slide))
+    response = Response(data, mimetype="image/jpeg")
+    response.headers["Cache-Control"] = "private, no-store"
+    return response
+
+
+ANNOTATION_INPUT = {
+    "type": "object",
+    "description": "a GeoJSON Feature; coordinates in micrometres from the slide's top-left corner",
+    "required": ["type", "geometry", "properties"],
+    "properties": {
+        "type": {"type": "string", "enum": ["Feature"]},
+        "geometry": {
+            "type": "object",
+            "example": {"type": "LineString", "coordinates": [[100, 200], [350, 200]]},
+        },
+        "properties": {
+            "type": "object",
+            "properties": {
+                "kind": {
+                    "type": "string",
+                    "enum": ["point", "text", "line", "measurement", "rectangle", "polygon"],
+                },
+                "label": {"type": "string"},
+            },
+        },
+    },
+}
+
+
+@bp.get("/api/v1/slides/<slide_id>/annotations")
+@login_required
+@api_doc(
+    "List a slide's annotations as a GeoJSON FeatureCollection in slide micrometres",
+    tags=["pathology"],
+    responses={200: {"type": "object"}, 401: None, 403: None, 404: None},
+)
+def list_annotations(slide_id: str) -> Response:
+    """Return every annotation on a slide."""
+    session = get_session()
+    slide = readable_slide(session, current_principal(), slide_id, audit_read=False)
+    audit.record("read", "Annotation", slide.id, patient_id=slide_patient_id(session, slide))
+    return jsonify(slide_annotations(session, slide))
+
+
+@bp.post("/api/v1/slides/<slide_id>/annotations")
+@login_required
+@api_doc(
+    "Add an annotation (point, text, line, measurement, rectangle, polygon) to a slide; lengths "
+    "(µm) and areas (mm²) are computed by the server",
+    tags=["pathology"],
+    request=ANNOTATION_INPUT,
+    responses={201: {"type": "object"}, 401: None, 403: None, 404: None, 409: None, 422: None},
+)
+def create_annotation(slide_id: str) -> tuple[Response, int]:
+    """Store one annotation."""
+    session = get_session()
+    principal = current_principal()
+    slide = readable_slide(session, principal, slide_id, audit_read=False)
+    annotation = add_annotation(session, principal, slide, json_body())
+    audit.record("create", "Annotation", str(annotation.id), patient_id=slide_patient_id(session, slide))
+    publish("pathology.annotation.added", {"slide_id": slide.id, "annotation_id": annotation.id})
+    response = jsonify(as_geojson(annotation))
+    response.headers["Location"] = f"/api/v1/slides/{slide.id}/annotations/{annotation.id}"
+    return response, 201
+
+
+@bp.delete("/api/v1/slides/<slide_id>/annotations/<int:annotation_id>")
+@login_required
+@api_doc(
+    "Delete one of your annotations (not once the case is reported)",
+    tags=["pathology"],
+    responses={204: None, 401: None, 403: None, 404: None, 409: None},
+)
+def delete_annotation(slide_id: str, annotation_id: int) -> tuple[str, int]:
+    """Remove one annotation."""
+    session = get_session()
+    principal = current_principal()
+    slide = readable_slide(session, principal, slide_id, audit_read=False)
+    remove_annotation(session, principal, slide, annotation_id)
+    audit.record("delete", "Annotation", str(annotation_id), patient_id=slide_patient_id(session, slide))
+    return "", 204
+
+
+REPORT_INPUT = {
+    "type": "object",
+    "properties": {
+        "macroscopic": {"type": "string"},
+        "microscopic": {"type": "string"},
+        "conclusion": {"type": "string"},
+        "diagnosis_code": {"type": "string", "description": "ICD-10", "example": "C18.7"},
+        "diagnosis_display": {"type": "string"},
+    },
+}
+REPORT_OUTPUT = {
+    "type": "object",
+    "properties": {
+        "status": {"type": "string", "enum": ["none", "draft", "signed"]},
+        "macroscopic": {"type": "string"},
+        "microscopic": {"type": "string"},
+        "conclusion": {"type": "string"},
+        "diagnosis": {"type": "object", "nullable": True},
+        "signed_at": {"type": "string", "format": "date-time", "nullable": True},
+        "diagnostic_report": {"type": "string", "nullable": True},
+        "provenance": {"type": "string", "nullable": True},
+        "signature": {"type": "object", "description": "whether the signature still holds, and who signed"},
+    },
+}
+
+
+def report_input(values: Any) -> ReportInput:
+    """Read the report's fields from a JSON body or a form."""
+    return ReportInput(
+        **{name: str(values.get(name) or "") for name in ReportInput.__dataclass_fields__},
+    )
+
+
+def visible_report(case: ConsultCase) -> dict[str, Any]:
+    """Return the case's report as the caller may see it (a draft only to its pathologists), auditing the view."""
+    session = get_session()
+    principal = current_principal()
+    report = get_report(session, case)
+    if report is None or (report.status != "signed" and case_role(principal, case) != "receiver"):
+        return {"status": "none"}
+    verification = verify_report(session, case, report) if report.status == "signed" else None
+    body = report_summary(report, verification)
+    if verification is not None:
+        body["signature"]["message"] = _(verification.reason)
+    audit.record(
+        "read",
+        "DiagnosticReport",
+        report.diagnostic_report_id or f"draft:{case.id}",
+        patient_id=case.patient_id,
+    )
+    return body
+
+
+@bp.get("/api/v1/cases/<case_id>/report")
+@login_required
+@scope_required("DiagnosticReport", "read")
+@api_doc(
+    "Read a case's report: the signed one, with whether its signature still holds; a draft only "
+    "to the receiving site's pathologists",
+    tags=["pathology"],
+    responses={200: REPORT_OUTPUT, 401: None, 403: None, 404: None},
+)
+def read_report_endpoint(case_id: str) -> Response:
+    """Return the report of a case."""
+    case = readable_case(get_session(), current_principal(), case_id)
+    return jsonify(visible_report(case))
+
+
+@bp.put("/api/v1/cases/<case_id>/report")
+@login_required
+@scope_required("DiagnosticReport", "write")
+@api_doc(
+    "Save the report's draft (the pathologist who took the case); a signed report cannot change (409)",
+    tags=["pathology"],
+    request=REPORT_INPUT,
+    responses={200: REPORT_OUTPUT, 401: None, 403: None, 404: None, 409: None, 422: None},
+)
+def save_report_endpoint(case_id: str) -> Response:
+    """Save a draft report."""
+    session = get_session()
+    principal = current_principal()
+    case = readable_case(session, principal, case_id)
+    report = save_draft(session, principal, case, report_input(json_body()))
+    audit.record("update", "DiagnosticReport", f"draft:{case.id}", patient_id=case.patient_id)
+    return jsonify(report_summary(report))
+
+
+@bp.post("/api/v1/cases/<case_id>/report/sign")
+@login_required
+@scope_required("DiagnosticReport", "write")
+@api_doc(
+    "Sign the saved draft with the pathologist's key: the DiagnosticReport and its Provenance are "
+    "written, the case is reported and the requesting doctor is notified (event report.signed)",
+    tags=["pathology"],
+    responses={200: REPORT_OUTPUT, 401: None, 403: None, 404: None, 409: None, 422: None},
+)
+def sign_report_endpoint(case_id: str) -> Response:
+    """Sign the report of a case."""
+    case = readable_case(get_session(), current_principal(), case_id)
+    sign_case_report(case)
+    return jsonify(visible_report(case))
+
+
+def sign_case_report(case: ConsultCase) -> None:
+    """Sign the case's report, audit it and notify the requesting site."""
+    session = get_session()
+    secret = signing.key_secret(current_app.config["SECRET_KEY"])
+    report = sign_report(session, current_principal(), case, secret)
+    audit.record("sign", "DiagnosticReport", report.diagnostic_report_id, patient_id=case.patient_id)
+    publish(
+        "report.signed",
+        {
+            "case_id": case.id,
+            "diagnostic_report": f"DiagnosticReport/{report.diagnostic_report_id}",
+            "requesting_site_id": case.requesting_site_id,
+            "requested_by": case.requested_by,
+        },
+    )
+
+
+from pathology import pages  # noqa: E402, F401  (registers the pages on the blueprint)

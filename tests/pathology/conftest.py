@@ -12,7 +12,9 @@ from tests.pathology.helpers import SlideClient
 
 
 @pytest.fixture
-def slides_as(app: Flask, make_user: Callable[..., User], make_token: Callable[..., str]) -> Callable[..., SlideClient]:
+def slides_as(
+    app: Flask, make_user: Callable[..., User], make_token: Callable[..., str]
+) -> Callable[..., SlideClient]:
     """Build a slide API client for a new user of a role and site."""
 
     def factory(role: str = "doctor", site: str = "DIST", scope: str = "user/*.*") -> SlideClient:
@@ -26,3 +28,9 @@ def slides_as(app: Flask, make_user: Callable[..., User], make_token: Callable[.
 def district(slides_as: Callable[..., SlideClient]) -> SlideClient:
     """A doctor of the district hospital, who scans and uploads slides."""
     return slides_as("doctor", "DIST")
+
+
+@pytest.fixture
+def central(slides_as: Callable[..., SlideClient]) -> SlideClient:
+    """A pathologist of the central hospital, who reads consults."""
+    return slides_as("pathologist", "CENT")

@@ -67,3 +67,40 @@ def dicom_series_zip() -> bytes:
             bundle.write(WSI / name, f"export/series-1/{name}")
         bundle.writestr("export/README.txt", "scanner export")
     return buffer.getvalue()
+
+
+def register_patient(client: SlideClient, name: str = "Trần Thị Bình") -> str:
+    """Register a patient at the client's site through the API; return the Patient id."""
+    response = client.client.post(
+        "/api/v1/patients",
+        json={"full_name": name, "birth_date": "1968-04-02", "sex": "female"},
+        headers=client.headers,
+    )
+    assert response.status_code == 201, response.get_json()
+    return str(response.get_json()["id"])
+
+
+def open_case(
+    client: SlideClient, *slide_names: str, question: str = "Adenocarcinoma? Margins?"
+) -> dict[str, Any]:
+    """Upload slides as the district and send them to the central site as one consult case."""
+    patient_id = register_patient(client)
+    slide_ids = []
+    for name in slide_names or ("CMU-1-Small-Region.svs",):
+        uploaded = client.upload_file(name)
+        assert uploaded.status_code == 201, uploaded.get_json()
+        slide_ids.append(uploaded.get_json()["id"])
+    response = client.client.post(
+        "/api/v1/cases",
+        json={
+            "patient_id": patient_id,
+            "receiving_site": "CENT",
+            "clinical_question": question,
+            "specimen_type": "Colon biopsy",
+            "body_site": "Sigmoid colon",
+            "slide_ids": slide_ids,
+        },
+        headers=client.headers,
+    )
+    assert response.status_code == 201, response.get_json()
+    return dict(response.get_json())
