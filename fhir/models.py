@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Boolean, DateTime, Float, Index, Integer, String, Text, event
+from sqlalchemy import Boolean, DateTime, Float, Index, Integer, String, Table, Text, event
 from sqlalchemy.orm import Mapped, mapped_column
 from sqlalchemy.pool import Pool
 
@@ -175,14 +175,14 @@ class FhirCompartment(Base):
     __table_args__ = (Index("ix_fhir_compartment_resource", "res_type", "res_id"),)
 
 
-INDEX_TABLES = {
-    "string": FhirIndexString.__table__,
-    "token": FhirIndexToken.__table__,
-    "date": FhirIndexDate.__table__,
-    "number": FhirIndexNumber.__table__,
-    "quantity": FhirIndexNumber.__table__,
-    "reference": FhirIndexReference.__table__,
-    "uri": FhirIndexUri.__table__,
+INDEX_TABLES: dict[str, Table] = {
+    "string": Base.metadata.tables["fhir_idx_string"],
+    "token": Base.metadata.tables["fhir_idx_token"],
+    "date": Base.metadata.tables["fhir_idx_date"],
+    "number": Base.metadata.tables["fhir_idx_number"],
+    "quantity": Base.metadata.tables["fhir_idx_number"],
+    "reference": Base.metadata.tables["fhir_idx_reference"],
+    "uri": Base.metadata.tables["fhir_idx_uri"],
 }
 
 

@@ -94,7 +94,8 @@ class StoredResource:
         """Parse the stored text (decimals kept exact)."""
         if self.text is None:
             raise Gone(f"{self.reference} was deleted", code="FHIR_DELETED")
-        return jsontext.loads(self.text)  # type: ignore[no-any-return]
+        parsed: dict[str, Any] = jsontext.loads(self.text)
+        return parsed
 
 
 @dataclass
@@ -786,20 +787,20 @@ def _value_condition(param: SearchParam, modifier: str | None, raw: str, table: 
     if kind == "date":
         prefix, value = _prefix(raw)
         try:
-            low, high = date_range(value)
+            first, last = date_range(value)
         except ValueError as exc:
             raise _bad_param(name, f"{raw!r} is not a valid date") from exc
         start, end = table.c.start, table.c.end
         conditions = {
-            "eq": and_(start >= low, end <= high),
-            "ne": not_(and_(start >= low, end <= high)),
-            "lt": start < low,
-            "gt": end > high,
-            "le": start <= high,
-            "ge": end >= low,
-            "sa": start > high,
-            "eb": end < low,
-            "ap": and_(start <= high, end >= low),
+            "eq": and_(start >= first, end <= last),
+            "ne": not_(and_(start >= first, end <= last)),
+            "lt": start < first,
+            "gt": end > last,
+            "le": start <= last,
+            "ge": end >= first,
+            "sa": start > last,
+            "eb": end < first,
+            "ap": and_(start <= last, end >= first),
         }
         return conditions[prefix]
     if kind in ("number", "quantity"):
@@ -1064,7 +1065,7 @@ def _includes(
                     stmt = stmt.where(Ref.param == param)
                 if target:
                     stmt = stmt.where(Ref.target_type == target)
-                found.extend((t, i) for t, i in session.execute(stmt))
+                found.extend((str(t), str(i)) for t, i in session.execute(stmt))
         for source, param, target, iterate in revincludes:
             if round_number and not iterate:
                 continue
@@ -1292,7 +1293,7 @@ def everything(
     )
     keys = [
         ("Patient", patient_id),
-        *sorted((set(members) | {(t, i) for t, i in referenced}) - {("Patient", patient_id)}),
+        *sorted((set(members) | {(str(t), str(i)) for t, i in referenced}) - {("Patient", patient_id)}),
     ]
     if since:
         try:
@@ -1315,13 +1316,12 @@ def shape(stored: StoredResource, summary: str | None, elements: Sequence[str]) 
         return text
     resource = jsontext.loads(text)
     if summary == "text":
-        keep = {"resourceType", "id", "meta", "text"}
-        resource = {k: v for k, v in resource.items() if k in keep}
+        resource = {k: v for k, v in resource.items() if k in {"resourceType", "id", "meta", "text"}}
     elif summary == "data":
         resource.pop("text", None)
     elif summary == "true":
-        keep = summary_elements(stored.type)
-        resource = {k: v for k, v in resource.items() if k in keep}
+        summary_keep = summary_elements(stored.type)
+        resource = {k: v for k, v in resource.items() if k in summary_keep}
     elif elements:
         keep = {"resourceType", "id", "meta", *elements}
         resource = {k: v for k, v in resource.items() if k in keep}

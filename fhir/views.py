@@ -171,8 +171,7 @@ def _mimetype() -> str:
 
 
 def _respond(body: str, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    response = Response(body, status=status, mimetype=_mimetype())
-    response.charset = "utf-8"
+    response = Response(body, status=status, content_type=f"{_mimetype()}; charset=utf-8")
     for key, value in (headers or {}).items():
         response.headers[key] = value
     return response
