@@ -468,6 +468,9 @@ def _write_all(session: Session, entries: list[_Entry]) -> dict[int, EntryResult
             text,
         )
         writes.append((entry, write, 201 if row is None or row.deleted else 200))
+    deleted = [(w.type, w.id) for _, w, _ in writes if w.resource is None]
+    if deleted:
+        services.ensure_unreferenced(session, deleted, "Bundle: ")
     services._apply(session, [w for _, w, _ in writes])
     for entry, write, code in writes:
         stored = services._to_stored(write, created=code == 201)

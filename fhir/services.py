@@ -41,7 +41,7 @@ from fhir.searchparams import (
 )
 from fhir.validation import is_resource_type, summary_elements, validate_resource
 from his.db import utcnow
-from his.errors import BadRequest, Gone, NotFound, PreconditionFailed, ValidationFailed
+from his.errors import BadRequest, Conflict, Gone, NotFound, PreconditionFailed, ValidationFailed
 
 ID_RE = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 DEFAULT_COUNT = 20
@@ -663,6 +663,7 @@ def delete_resource(
     _expect_version(if_match, None if row.deleted else row.version, f"{resource_type}/{resource_id}")
     if row.deleted:
         return None
+    ensure_unreferenced(session, [(resource_type, resource_id)])
     moment = _now()
     write = _Write(
         resource_type, resource_id, row.version + 1, "DELETE", moment, row.created, False, None, None
@@ -672,6 +673,34 @@ def delete_resource(
 
 
 delete = delete_resource
+
+
+def ensure_unreferenced(session: Session, keys: Sequence[tuple[str, str]], prefix: str = "") -> None:
+    """Raise Conflict when a live resource outside ``keys`` refers to one of ``keys``.
+
+    Writes refuse references to missing resources; deletes keep that promise by
+    refusing to leave a reference dangling.
+    """
+    Ref = FhirIndexReference
+    doomed = set(keys)
+    by_type: dict[str, list[str]] = defaultdict(list)
+    for rtype, rid in keys:
+        by_type[rtype].append(rid)
+    for rtype, ids in by_type.items():
+        for part in _chunks(ids):
+            rows = session.execute(
+                select(Ref.res_type, Ref.res_id, Ref.target_id)
+                .where(Ref.target_type == rtype, Ref.target_id.in_(part))
+                .distinct()
+                .limit(len(part) + 10)
+            )
+            for source_type, source_id, target_id in rows:
+                if (source_type, source_id) in doomed:
+                    continue
+                message = f"{prefix}{rtype}/{target_id} is referenced by {source_type}/{source_id}; delete that first"
+                raise Conflict(
+                    message, code="FHIR_STILL_REFERENCED", extra={"issue": [_issue("conflict", message)]}
+                )
 
 
 def conditional_delete(session: Session, resource_type: str, query: str) -> StoredResource | None:

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from fhir import services
 from fhir.models import FhirIndexString, FhirResource, FhirResourceHistory
-from his.errors import BadRequest, Gone, NotFound, PreconditionFailed, ValidationFailed
+from his.errors import BadRequest, Conflict, Gone, NotFound, PreconditionFailed, ValidationFailed
 from tests.fhir.helpers import patient_body
 
 
@@ -429,3 +429,20 @@ def test_common_parameters_id_last_updated_tag_profile_and_missing(db: Session) 
     assert tagged.id in _ids(services.search(db, "Patient", [("_lastUpdated", f"ge{stamp}")]))
     assert services.search(db, "Patient", [("_lastUpdated", "lt2000-01-01")]).total == 0
     assert _ids(services.search(db, "Patient", [("_sort", "-_lastUpdated"), ("_count", "1")])) == [plain.id]
+
+
+def test_a_referenced_resource_cannot_be_deleted_alone(db: Session) -> None:
+    patient = services.create(db, patient_body())
+    obs = services.create(db, _observation(patient.id))
+    with pytest.raises(Conflict, match=f"Observation/{obs.id}"):
+        services.delete(db, "Patient", patient.id)
+    both = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {"request": {"method": "DELETE", "url": f"Patient/{patient.id}"}},
+            {"request": {"method": "DELETE", "url": f"Observation/{obs.id}"}},
+        ],
+    }
+    assert [e.status for e in services.transaction(db, both).entries] == ["204 No Content", "204 No Content"]
+    assert services.search(db, "Observation", {}).total == 0
