@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import secrets
 from collections.abc import Callable
@@ -13,9 +14,11 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
+from his.accounts import hash_password
 from his.db import get_database
 from his.models import Site, User
 from his.patients import PatientDetails, create_patient
+from tests.conftest import TEST_PASSWORD
 
 REDIS_URL = os.environ.get("VETINH_TEST_REDIS_URL", "")
 
@@ -40,23 +43,43 @@ class CallPeople:
     coordinator_token: str
 
 
+@functools.cache
+def _password_hash() -> str:
+    # One argon2 hash for the whole run: hashing per user would cost a third of a second each.
+    return hash_password(TEST_PASSWORD)
+
+
+def _user(
+    session: Any, sites: dict[str, Site], role: str, username: str, full_name: str, **extra: Any
+) -> User:
+    site = extra.pop("site", "DIST")
+    user = User(
+        username=username,
+        password_hash=_password_hash(),
+        full_name=full_name,
+        role=role,
+        site_id=sites[site].id if role != "patient" else None,
+        **extra,
+    )
+    session.add(user)
+    session.flush()
+    session.expunge(user)
+    return user
+
+
 @pytest.fixture
-def people(
-    app: Flask, sites: dict[str, Site], make_user: Callable[..., User], make_token: Callable[..., str]
-) -> CallPeople:
+def people(app: Flask, sites: dict[str, Site], make_token: Callable[..., str]) -> CallPeople:
     """Create a district doctor with a patient, and a central coordinator and specialist."""
-    doctor = make_user("doctor", username="bs.lan", full_name="Trần Thị Lan")
     with app.app_context(), get_database(app).session_scope() as session:
         patient_id = create_patient(
             session,
             PatientDetails(full_name="Nguyễn Văn An", birth_date=datetime(1960, 5, 1).date(), sex="male"),
             site_id=sites["DIST"].id,
         )
-    patient_user = make_user(
-        "patient", username="an.nguyen", full_name="Nguyễn Văn An", patient_id=patient_id
-    )
-    specialist = make_user("doctor", username="bs.hung", full_name="Phạm Văn Hùng", site="CENT")
-    coordinator = make_user("manager", username="dieu.phoi", full_name="Lê Thu Hà", site="CENT")
+        doctor = _user(session, sites, "doctor", "bs.lan", "Trần Thị Lan")
+        patient_user = _user(session, sites, "patient", "an.nguyen", "Nguyễn Văn An", patient_id=patient_id)
+        specialist = _user(session, sites, "doctor", "bs.hung", "Phạm Văn Hùng", site="CENT")
+        coordinator = _user(session, sites, "manager", "dieu.phoi", "Lê Thu Hà", site="CENT")
     return CallPeople(
         doctor=doctor,
         doctor_token=make_token(doctor),

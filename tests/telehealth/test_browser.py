@@ -45,7 +45,9 @@ def test_two_pages_see_each_others_video_within_five_seconds(
 ) -> None:
     with chromium(media=True) as browser:
         doctor = _open_call(browser, f"{live_server.url}/telehealth/call#{link_of(consult_room, 'host')}")
-        specialist = _open_call(browser, f"{live_server.url}/telehealth/call#{link_of(consult_room, 'specialist')}")
+        specialist = _open_call(
+            browser, f"{live_server.url}/telehealth/call#{link_of(consult_room, 'specialist')}"
+        )
 
         started = time.monotonic()
         doctor.get_by_test_id("join-button").click()
@@ -60,7 +62,9 @@ def test_two_pages_see_each_others_video_within_five_seconds(
 
         assert elapsed < 5.0
         assert all(b is not None and a is not None and b > a for a, b in zip(first, second, strict=True))
-        assert doctor.get_by_test_id("call-status").inner_text() == vietnamese(live_server, "You are in the call.")
+        assert doctor.get_by_test_id("call-status").inner_text() == vietnamese(
+            live_server, "You are in the call."
+        )
         assert specialist.locator("#remote-videos figcaption").inner_text().startswith("Trần Thị Lan")
         assert vietnamese(live_server, "Time left") in doctor.get_by_test_id("countdown").inner_text()
 
@@ -74,9 +78,13 @@ def test_precall_echo_shows_the_patient_their_own_camera_and_microphone(
         page.get_by_test_id("test-button").click()
         for check in ("camera", "mic", "connection"):
             page.wait_for_selector(f'#echo [data-check="{check}"][data-state="ok"]', timeout=15_000)
-        frames = page.evaluate("() => document.getElementById('echo-video').getVideoPlaybackQuality().totalVideoFrames")
+        frames = page.evaluate(
+            "() => document.getElementById('echo-video').getVideoPlaybackQuality().totalVideoFrames"
+        )
         time.sleep(0.5)
-        later = page.evaluate("() => document.getElementById('echo-video').getVideoPlaybackQuality().totalVideoFrames")
+        later = page.evaluate(
+            "() => document.getElementById('echo-video').getVideoPlaybackQuality().totalVideoFrames"
+        )
 
         assert page.evaluate("() => document.getElementById('echo-video').videoWidth") > 0
         assert later > frames
