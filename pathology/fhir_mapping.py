@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import uuid
 from typing import Any
 
@@ -60,6 +61,12 @@ LOINC = "http://loinc.org"
 ICD10 = "http://hl7.org/fhir/sid/icd-10"
 SITE_IDENTIFIER_SYSTEM = "urn:vetinh:site"
 CASE_IDENTIFIER_SYSTEM = "urn:vetinh:pathology:case"
+USER_IDENTIFIER_SYSTEM = "urn:vetinh:user"
+SIGNATURE_TYPE = {
+    "system": "urn:iso-astm:E1762-95:2013",
+    "code": "1.2.840.10065.1.12.1.1",
+    "display": "Author's Signature",
+}
 
 
 def site_reference(code: str, name: str, organization_id: str | None) -> dict[str, Any]:
@@ -155,10 +162,6 @@ def diagnostic_report(
 
     resource: dict[str, Any] = {
         "resourceType": "DiagnosticReport",
-        "contained": [
-            narrative("gross", "22634-0", "Path report.gross observation", macroscopic),
-            narrative("micro", "22635-7", "Path report.microscopic observation", microscopic),
-        ],
         "identifier": [{"system": CASE_IDENTIFIER_SYSTEM, "value": case_id}],
         "status": "final",
         "category": [
@@ -181,9 +184,20 @@ def diagnostic_report(
         "issued": issued,
         "performer": [performer],
         "resultsInterpreter": [interpreter],
-        "result": [{"reference": "#gross"}, {"reference": "#micro"}],
         "conclusion": conclusion,
     }
+    # An empty description is left out: FHIR strings may not be empty.
+    contained = [
+        narrative(local_id, code, display, text)
+        for local_id, code, display, text in (
+            ("gross", "22634-0", "Path report.gross observation", macroscopic),
+            ("micro", "22635-7", "Path report.microscopic observation", microscopic),
+        )
+        if text
+    ]
+    if contained:
+        resource = {"resourceType": "DiagnosticReport", "contained": contained, **resource}
+        resource["result"] = [{"reference": f"#{item['id']}"} for item in contained]
     if service_request_id:
         resource["basedOn"] = [{"reference": f"ServiceRequest/{service_request_id}"}]
     if specimen_id:
@@ -196,3 +210,45 @@ def diagnostic_report(
             coding["display"] = diagnosis_display
         resource["conclusionCode"] = [{"coding": [coding], "text": diagnosis_display or diagnosis_code}]
     return resource
+
+
+def signature_provenance(
+    target: str, jws: str, *, signer: dict[str, Any], site: dict[str, Any], patient_id: str, when: str
+) -> dict[str, Any]:
+    """Return the Provenance that carries a pathologist's signature over one exact version of a report."""
+    return {
+        "resourceType": "Provenance",
+        "target": [{"reference": target}],
+        "recorded": when,
+        "activity": {
+            "coding": [
+                {"system": "http://terminology.hl7.org/CodeSystem/v3-DataOperation", "code": "CREATE"}
+            ],
+            "text": "sign",
+        },
+        "agent": [
+            {
+                "type": {
+                    "coding": [
+                        {
+                            "system": "http://terminology.hl7.org/CodeSystem/provenance-participant-type",
+                            "code": "author",
+                        }
+                    ]
+                },
+                "who": signer,
+                "onBehalfOf": site,
+            }
+        ],
+        "entity": [{"role": "source", "what": {"reference": f"Patient/{patient_id}"}}],
+        "signature": [
+            {
+                "type": [SIGNATURE_TYPE],
+                "when": when,
+                "who": signer,
+                "targetFormat": "application/fhir+json",
+                "sigFormat": "application/jose",
+                "data": base64.b64encode(jws.encode("ascii")).decode("ascii"),
+            }
+        ],
+    }

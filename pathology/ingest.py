@@ -329,7 +329,9 @@ def _unpack_dicom_series(
     if count == 0:
         raise refuse(
             "SLIDE_ARCHIVE_EMPTY",
-            N_("The zip archive holds no slide: put a DICOM WSI series or a MIRAX slide (.mrxs with its folder) in it."),
+            N_(
+                "The zip archive holds no slide: put a DICOM WSI series or a MIRAX slide (.mrxs with its folder) in it."
+            ),
         )
     if len(series_uids) > 1:
         raise refuse(
@@ -352,7 +354,9 @@ def check_dicom(path: Path, *, shown_name: str | None = None) -> pydicom.Dataset
         raise refuse(
             "SLIDE_DICOM_UNREADABLE", N_("The DICOM file cannot be read; it is damaged or truncated.")
         ) from None
-    sop_class = dataset.get("SOPClassUID") or getattr(dataset.get("file_meta"), "MediaStorageSOPClassUID", None)
+    sop_class = dataset.get("SOPClassUID") or getattr(
+        dataset.get("file_meta"), "MediaStorageSOPClassUID", None
+    )
     if str(sop_class or "") != WSI_SOP_CLASS:
         kind = getattr(sop_class, "name", None) or str(sop_class or "unknown")
         message = N_(
@@ -413,7 +417,9 @@ def _explain_unreadable(path: Path, head: bytes) -> SlideRefused:
         except TiffStructureError as error:
             if error.truncated:
                 return _truncated()
-            return refuse("SLIDE_DAMAGED", N_("The TIFF file is damaged: {detail}.").format(detail=str(error)))
+            return refuse(
+                "SLIDE_DAMAGED", N_("The TIFF file is damaged: {detail}.").format(detail=str(error))
+            )
         if not any(directory.is_tiled for directory in structure.directories):
             return refuse(
                 "SLIDE_UNTILED_TIFF",
@@ -446,7 +452,9 @@ def _check_tiff_complete(path: Path) -> None:
     except TiffStructureError as error:
         if error.truncated:
             raise _truncated() from None
-        raise refuse("SLIDE_DAMAGED", N_("The TIFF file is damaged: {detail}.").format(detail=str(error))) from None
+        raise refuse(
+            "SLIDE_DAMAGED", N_("The TIFF file is damaged: {detail}.").format(detail=str(error))
+        ) from None
     if structure.data_beyond_end():
         raise _truncated()
 

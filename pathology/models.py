@@ -104,20 +104,3 @@ class Annotation(Base):
     author_name: Mapped[str] = mapped_column(String(200), default="")
     feature: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-
-
-class SigningKey(Base):
-    """A key of the hospital's signing PKI: a site's CA (``user_id`` empty) or one signer's key and certificate.
-
-    The private key is stored PEM-encrypted with a password derived from the app's secret key.
-    """
-
-    __tablename__ = "pathology_signing_keys"
-    __table_args__ = (UniqueConstraint("site_id", "user_id", name="uq_pathology_signing_keys_site_user"),)
-
-    id: Mapped[int] = mapped_column(primary_key=True)
-    site_id: Mapped[int] = mapped_column(ForeignKey("sites.id"), index=True)
-    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
-    certificate_pem: Mapped[str] = mapped_column(Text)
-    private_key_pem: Mapped[str] = mapped_column(Text)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

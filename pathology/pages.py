@@ -13,7 +13,7 @@ from werkzeug.wrappers import Response as BaseResponse
 from his import audit
 from his.db import get_session
 from his.errors import ValidationFailed, VetinhError
-from his.models import Site
+from his.models import Site, User
 from his.navigation import add_nav_item
 from his.security import current_principal, roles_required
 from pathology.annotations import annotations_frozen, slide_extent_um
@@ -39,8 +39,12 @@ from pathology.store import slide_store
 from pathology.tiles import tile_server
 from pathology.views import bp, max_slide_bytes, open_case, report_input, sign_case_report
 
-add_nav_item("pathology.worklist_page", _l("Pathology worklist"), {"pathologist"}, icon="microscope", order=40)
-add_nav_item("pathology.cases_page", _l("Pathology consults"), {"doctor", "nurse"}, icon="microscope", order=41)
+add_nav_item(
+    "pathology.worklist_page", _l("Pathology worklist"), {"pathologist"}, icon="microscope", order=40
+)
+add_nav_item(
+    "pathology.cases_page", _l("Pathology consults"), {"doctor", "nurse"}, icon="microscope", order=41
+)
 
 STATUS_LABELS = {"new": _l("New"), "in_progress": _l("In progress"), "reported": _l("Reported")}
 
@@ -161,7 +165,7 @@ def case_page(case_id: str) -> str:
     role = case_role(principal, case)
     verification = None
     if report is not None and report.status == "signed":
-        verification = verify_report(session, case, report)
+        verification = verify_report(session, report)
         audit.record("read", "DiagnosticReport", report.diagnostic_report_id, patient_id=case.patient_id)
     elif report is not None and role != "receiver":
         report = None
@@ -172,8 +176,11 @@ def case_page(case_id: str) -> str:
         slides=case_slides(session, case),
         report=report,
         verification=verification,
+        author=session.get(User, report.author_id) if report is not None and report.author_id else None,
         role=role,
-        may_write=role == "receiver" and case.status == "in_progress" and case.assigned_to == principal.user_id,
+        may_write=role == "receiver"
+        and case.status == "in_progress"
+        and case.assigned_to == principal.user_id,
         status_labels=STATUS_LABELS,
     )
 

@@ -3,12 +3,16 @@
 A report is a draft (``pathology_reports``) that only the pathologist who took the case
 edits. Signing writes the final DiagnosticReport (macroscopic and microscopic
 descriptions as contained Observations, the conclusion and its ICD-10 code) to the FHIR
-store, signs its canonical JSON with the pathologist's key (a Provenance), marks the
-ServiceRequest completed and the case reported. From then on nothing of it changes.
+store, signs its exact stored version with the pathologist's key through the medical
+record's signing service (``his.records.signing``: per-signer X.509 key from the site's
+CA, a detached JWS over the RFC 8785 canonical JSON), records the signature in a
+Provenance, marks the ServiceRequest completed and the case reported. From then on
+nothing of it changes; verification names any later change.
 """
 
 from __future__ import annotations
 
+import base64
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -16,10 +20,12 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from his.db import as_utc, utcnow
-from his.errors import N_, Conflict, Forbidden, ValidationFailed
-from his.models import Site
+from his.errors import N_, Conflict, Forbidden, ValidationFailed, VetinhError
+from his.models import Site, User
+from his.records.canonical import canonicalize
+from his.records.signing import sign_detached, signer_key, trusted_authorities, verify_detached
 from his.security import Principal
-from pathology import fhir_mapping, signing
+from pathology import fhir_mapping
 from pathology.cases import case_role, case_slides
 from pathology.models import CaseReport, ConsultCase
 
@@ -93,7 +99,7 @@ def save_draft(session: Session, principal: Principal, case: ConsultCase, data: 
     return report
 
 
-def sign_report(session: Session, principal: Principal, case: ConsultCase, secret: bytes) -> CaseReport:
+def sign_report(session: Session, principal: Principal, case: ConsultCase, secret: str) -> CaseReport:
     """Sign the saved draft: write the DiagnosticReport and its signed Provenance, close the case.
 
     Raises Forbidden unless the principal is the pathologist who took the case,
@@ -116,15 +122,17 @@ def sign_report(session: Session, principal: Principal, case: ConsultCase, secre
     from fhir import services as fhir_store
 
     site = session.get(Site, case.receiving_site_id)
-    if site is None:
-        raise Conflict(N_("The receiving hospital no longer exists."), code="SITE_MISSING")
-    name = principal.full_name or principal.username
-    assert principal.user_id is not None
-    signer = signing.signer_for(session, site, principal.user_id, name, secret)
+    user = session.get(User, principal.user_id) if principal.user_id is not None else None
+    if site is None or user is None:
+        raise Conflict(
+            N_("The receiving hospital or the pathologist no longer exists."), code="SIGNER_MISSING"
+        )
+    key = signer_key(session, user, secret)
+    name = user.full_name or user.username
     studies = [slide.imaging_study_id for slide in case_slides(session, case) if slide.imaging_study_id]
     now = utcnow().isoformat(timespec="seconds")
     pathologist = {
-        "identifier": {"system": signing.USER_IDENTIFIER_SYSTEM, "value": str(principal.user_id)},
+        "identifier": {"system": fhir_mapping.USER_IDENTIFIER_SYSTEM, "value": str(user.id)},
         "display": name,
     }
     stored = fhir_store.create(
@@ -145,17 +153,16 @@ def sign_report(session: Session, principal: Principal, case: ConsultCase, secre
             issued=now,
         ),
     )
-    content = signing.signed_content(stored.resource)
+    jws = sign_detached(key, secret, canonicalize(stored.resource))
     provenance = fhir_store.create(
         session,
-        signing.provenance(
+        fhir_mapping.signature_provenance(
             f"DiagnosticReport/{stored.id}/_history/{stored.version_id}",
-            content,
-            signer,
-            user_id=principal.user_id,
-            full_name=name,
-            site=site,
+            jws,
+            signer=pathologist,
+            site=fhir_mapping.site_reference(site.code, site.name, site.organization_id),
             patient_id=case.patient_id,
+            when=now,
         ),
     )
     if case.service_request_id:
@@ -174,27 +181,49 @@ def sign_report(session: Session, principal: Principal, case: ConsultCase, secre
     return report
 
 
-def verify_report(session: Session, case: ConsultCase, report: CaseReport) -> signing.Verification:
-    """Check the signed report as it is in the store now against its signature and the site's CA; never raises."""
+@dataclass(frozen=True)
+class Verification:
+    """Whether a signed report still is what was signed, who signed it, and what is wrong if not."""
+
+    valid: bool
+    reason: str
+    signer: str = ""
+    fingerprint: str = ""
+
+
+def verify_report(session: Session, report: CaseReport) -> Verification:
+    """Check the signed report in the store against its signature and the hospital's CAs; never raises.
+
+    The signed version must still hold the signed content, no later version may exist, and
+    the signer's certificate must come from a CA this hospital trusts.
+    """
     from fhir import services as fhir_store
-    from his.errors import VetinhError
 
     if report.status != "signed" or not report.diagnostic_report_id or not report.provenance_id:
-        return signing.Verification(False, N_("The report is not signed."))
-    ca = signing.site_ca_certificate(session, case.receiving_site_id)
-    if ca is None:
-        return signing.Verification(False, N_("The hospital's CA certificate is missing."))
+        return Verification(False, N_("The report is not signed."))
     try:
-        current = fhir_store.read(session, "DiagnosticReport", report.diagnostic_report_id).resource
         provenance = fhir_store.read(session, "Provenance", report.provenance_id).resource
-    except VetinhError:
-        return signing.Verification(False, N_("The signed report is no longer in the record."))
-    return signing.verify_provenance(provenance, signing.signed_content(current), ca)
+        target = str(provenance["target"][0]["reference"])
+        jws = base64.b64decode(provenance["signature"][0]["data"]).decode("ascii")
+        rtype, rid, _history, version = target.split("/")
+        signed = fhir_store.vread(session, rtype, rid, version).resource
+        latest = fhir_store.read(session, rtype, rid)
+    except (VetinhError, KeyError, IndexError, ValueError, TypeError):
+        return Verification(False, N_("The signed report or its signature is missing from the record."))
+    if rid != report.diagnostic_report_id:
+        return Verification(False, N_("The signature is for another report."))
+    at = as_utc(report.signed_at) if report.signed_at else None
+    check = verify_detached(jws, canonicalize(signed), trusted_authorities(session), at=at)
+    if not check.valid:
+        return Verification(False, check.problem, check.signer, check.fingerprint)
+    if latest.version_id != int(version):
+        return Verification(
+            False, N_("The report was changed after it was signed."), check.signer, check.fingerprint
+        )
+    return Verification(True, N_("The signature is valid."), check.signer, check.fingerprint)
 
 
-def report_summary(
-    report: CaseReport | None, verification: signing.Verification | None = None
-) -> dict[str, Any]:
+def report_summary(report: CaseReport | None, verification: Verification | None = None) -> dict[str, Any]:
     """Describe a report for the API."""
     if report is None:
         return {"status": "none"}
@@ -221,6 +250,6 @@ def report_summary(
             "valid": verification.valid,
             "message": verification.reason,
             "signer": verification.signer,
-            "certificate_sha256": verification.certificate_sha256,
+            "certificate_sha256": verification.fingerprint,
         }
     return body

@@ -136,7 +136,9 @@ def _attach_native_tiles(handle: SlideHandle, path: Path) -> None:
         factor = 2 ** (top - dz_level)
         dz_width, dz_height = deepzoom.level_dimensions[dz_level]
         for level, (width, height) in enumerate(slide.level_dimensions):
-            if (width, height) != (dz_width, dz_height) or abs(slide.level_downsamples[level] - factor) > 1e-6:
+            if (width, height) != (dz_width, dz_height) or abs(
+                slide.level_downsamples[level] - factor
+            ) > 1e-6:
                 continue
             directory = next(
                 (d for d in structure.directories if d.is_tiled and (d.width, d.height) == (width, height)),

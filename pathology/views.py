@@ -17,7 +17,6 @@ from his.models import Site
 from his.openapi import api_doc
 from his.policy import ensure_patient_access, grant_site_access
 from his.security import current_principal, login_required, scope_required
-from pathology import signing
 from pathology.annotations import add_annotation, as_geojson, remove_annotation, slide_annotations
 from pathology.cases import (
     RECEIVING_ROLES,
@@ -541,7 +540,7 @@ def visible_report(case: ConsultCase) -> dict[str, Any]:
     report = get_report(session, case)
     if report is None or (report.status != "signed" and case_role(principal, case) != "receiver"):
         return {"status": "none"}
-    verification = verify_report(session, case, report) if report.status == "signed" else None
+    verification = verify_report(session, report) if report.status == "signed" else None
     body = report_summary(report, verification)
     if verification is not None:
         body["signature"]["message"] = _(verification.reason)
@@ -607,7 +606,7 @@ def sign_report_endpoint(case_id: str) -> Response:
 def sign_case_report(case: ConsultCase) -> None:
     """Sign the case's report, audit it and notify the requesting site."""
     session = get_session()
-    secret = signing.key_secret(current_app.config["SECRET_KEY"])
+    secret = str(current_app.config["SECRET_KEY"])
     report = sign_report(session, current_principal(), case, secret)
     audit.record("sign", "DiagnosticReport", report.diagnostic_report_id, patient_id=case.patient_id)
     publish(

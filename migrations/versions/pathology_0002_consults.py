@@ -1,4 +1,4 @@
-"""pathology: consult cases, their reports, slide annotations and signing keys
+"""pathology: consult cases, their reports and slide annotations
 
 Revision ID: pathology_0002
 Revises: pathology_0001
@@ -99,29 +99,8 @@ def upgrade() -> None:
     with op.batch_alter_table("pathology_annotations", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_pathology_annotations_slide_id"), ["slide_id"])
 
-    op.create_table(
-        "pathology_signing_keys",
-        sa.Column("id", sa.Integer(), nullable=False),
-        sa.Column("site_id", sa.Integer(), nullable=False),
-        sa.Column("user_id", sa.Integer(), nullable=True),
-        sa.Column("certificate_pem", sa.Text(), nullable=False),
-        sa.Column("private_key_pem", sa.Text(), nullable=False),
-        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-        sa.ForeignKeyConstraint(
-            ["site_id"], ["sites.id"], name=op.f("fk_pathology_signing_keys_site_id_sites")
-        ),
-        sa.ForeignKeyConstraint(
-            ["user_id"], ["users.id"], name=op.f("fk_pathology_signing_keys_user_id_users")
-        ),
-        sa.PrimaryKeyConstraint("id", name=op.f("pk_pathology_signing_keys")),
-        sa.UniqueConstraint("site_id", "user_id", name="uq_pathology_signing_keys_site_user"),
-    )
-    with op.batch_alter_table("pathology_signing_keys", schema=None) as batch_op:
-        batch_op.create_index(batch_op.f("ix_pathology_signing_keys_site_id"), ["site_id"])
-
 
 def downgrade() -> None:
-    op.drop_table("pathology_signing_keys")
     op.drop_table("pathology_annotations")
     op.drop_table("pathology_reports")
     op.drop_table("pathology_cases")

@@ -80,5 +80,7 @@ def zip_with_ct() -> bytes:
 
 
 def damaged_zip() -> bytes:
-    whole = zip_with({"s/1.dcm": (WSI / "boxes_0.dcm").read_bytes(), "s/2.dcm": (WSI / "boxes_1.dcm").read_bytes()})
+    whole = zip_with(
+        {"s/1.dcm": (WSI / "boxes_0.dcm").read_bytes(), "s/2.dcm": (WSI / "boxes_1.dcm").read_bytes()}
+    )
     return whole[: len(whole) - 60]

@@ -75,11 +75,23 @@ REFUSED: list[tuple[str, Callable[[], bytes], str, str, str]] = [
     ("photo.jpg", refusals.plain_jpeg, "SLIDE_PLAIN_IMAGE", "plain JPEG", "not a whole-slide"),
     ("scan.tif", refusals.striped_tiff, "SLIDE_UNTILED_TIFF", "strips, not tiles", "tiled"),
     ("cut.svs", refusals.truncated_svs, "SLIDE_TRUNCATED", "truncated", "Upload it again"),
-    ("notes.svs", lambda: b"patient notes, not a slide\n" * 40, "SLIDE_UNSUPPORTED_FORMAT", "OpenSlide cannot read", "SVS"),
+    (
+        "notes.svs",
+        lambda: b"patient notes, not a slide\n" * 40,
+        "SLIDE_UNSUPPORTED_FORMAT",
+        "OpenSlide cannot read",
+        "SVS",
+    ),
     ("escape.zip", refusals.zip_escaping_the_folder, "SLIDE_ARCHIVE_UNSAFE", "outside", "../../outside.dcm"),
     ("mixed.zip", refusals.zip_with_ct, "SLIDE_NOT_WSI_DICOM", "CT Image Storage", "a/2.dcm"),
     ("broken.zip", refusals.damaged_zip, "SLIDE_ARCHIVE_DAMAGED", "damaged or truncated", "zip"),
-    ("readme.zip", lambda: refusals.zip_with({"readme.txt": b"hello"}), "SLIDE_ARCHIVE_EMPTY", "no slide", "DICOM"),
+    (
+        "readme.zip",
+        lambda: refusals.zip_with({"readme.txt": b"hello"}),
+        "SLIDE_ARCHIVE_EMPTY",
+        "no slide",
+        "DICOM",
+    ),
     ("empty.svs", lambda: b"", "SLIDE_EMPTY", "empty", "file"),
 ]
 
@@ -153,7 +165,11 @@ def test_staff_of_another_site_are_refused_and_audited(
     slide_id = district.upload_file("small.svs").get_json()["id"]
     central = slides_as("pathologist", "CENT")
 
-    for url in (f"/api/v1/slides/{slide_id}", f"/slides/{slide_id}.dzi", f"/slides/{slide_id}_files/4/0_0.jpeg"):
+    for url in (
+        f"/api/v1/slides/{slide_id}",
+        f"/slides/{slide_id}.dzi",
+        f"/slides/{slide_id}_files/4/0_0.jpeg",
+    ):
         assert central.get(url).status_code == 403, url
     assert central.get(f"/api/v1/slides/{slide_id}").get_json()["code"] == "SLIDE_ACCESS_DENIED"
     with get_database(app).session_scope() as session:

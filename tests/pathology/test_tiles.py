@@ -102,7 +102,9 @@ def test_the_svs_own_jpeg_tiles_are_sent_as_stored(district: SlideClient) -> Non
     expected = np.asarray(slide.read_region((3 * 240, 4 * 240), 0, (240, 240)).convert("RGB"), dtype=np.int16)
     assert stored.shape == (240, 240, 3)
     assert psnr(stored, expected) > 45
-    neighbour = np.asarray(slide.read_region((4 * 240, 4 * 240), 0, (240, 240)).convert("RGB"), dtype=np.int16)
+    neighbour = np.asarray(
+        slide.read_region((4 * 240, 4 * 240), 0, (240, 240)).convert("RGB"), dtype=np.int16
+    )
     assert not same_picture(stored, neighbour)
     assert edge.headers["X-Tile-Source"] == "rendered"
     assert decode(edge.data).shape == (2967 - 12 * 240, 2220 - 9 * 240, 3)
@@ -218,7 +220,9 @@ def test_eight_viewers_reading_two_slides_at_once_get_correct_tiles(
         order = random.Random(seed).sample(requests_to_make, len(requests_to_make))
         for name, level, col, row in order:
             slide_id = slides[name][0]
-            response = session.get(f"{live_server.url}/slides/{slide_id}_files/{level}/{col}_{row}.jpeg", timeout=30)
+            response = session.get(
+                f"{live_server.url}/slides/{slide_id}_files/{level}/{col}_{row}.jpeg", timeout=30
+            )
             if response.status_code != 200:
                 errors.append(f"{name} {level}/{col}_{row}: {response.status_code}")
                 continue
@@ -261,5 +265,3 @@ def test_evicted_slides_are_reopened_transparently(
         assert response.status_code == 200
         assert_same_picture(response.data, reference.get_tile(top, (0, 0)))
     assert len(server.handles) == 1
-
-
