@@ -610,7 +610,13 @@ def date_range(value: str) -> tuple[datetime, datetime]:
     match = _DATE_RE.match(value.strip())
     if match is None:
         raise ValueError(f"not a FHIR date: {value!r}")
-    g = match.groupdict()
+    try:
+        return _range(match.groupdict())
+    except ValueError as exc:
+        raise ValueError(f"not a FHIR date: {value!r} ({exc})") from exc
+
+
+def _range(g: dict[str, Any]) -> tuple[datetime, datetime]:
     year = int(g["y"])
     if g["m"] is None:
         start = datetime(year, 1, 1)
