@@ -454,3 +454,31 @@ def test_bundles_cannot_reach_past_the_callers_patients(
     assert outsider.post("", mine).status_code == 200
     included = outsider.get(f"Observation?patient={own['id']}&_include=Observation:patient").json
     assert {e["resource"]["resourceType"] for e in included["entry"]} == {"Observation", "Patient"}
+
+
+def test_client_credentials_give_a_system_token_for_fhir(app: Flask, client: Any) -> None:
+    from his.accounts import create_client
+
+    with get_database(app).session_scope() as session:
+        _row, secret = create_client(
+            session,
+            client_id="national-gateway",
+            name="Cổng quốc gia",
+            scope="system/Patient.read",
+            site_code=None,
+        )
+    issued = client.post(
+        "/api/v1/auth/token",
+        data={"grant_type": "client_credentials", "client_id": "national-gateway", "client_secret": secret},
+    )
+    assert issued.status_code == 200, issued.get_data(as_text=True)
+    token = issued.json["access_token"]
+    gateway = FhirClient(client, token)
+    assert gateway.get("Patient").status_code == 200
+    assert gateway.get("Observation").status_code == 403
+    assert gateway.post("Patient", patient_body()).status_code == 403
+    wrong = client.post(
+        "/api/v1/auth/token",
+        data={"grant_type": "client_credentials", "client_id": "national-gateway", "client_secret": "guess"},
+    )
+    assert wrong.status_code == 401
