@@ -787,7 +787,9 @@ def media_command(seconds: float) -> None:
     for number in (signal.SIGINT, signal.SIGTERM):
         signal.signal(number, lambda *_args: stop.set())
     if seconds > 0:
-        threading.Timer(seconds, stop.set).start()
+        timer = threading.Timer(seconds, stop.set)
+        timer.daemon = True
+        timer.start()
     click.echo("Vệ Tinh media service is running.")
     try:
         media.serve_bus_requests(app, service, stop)
