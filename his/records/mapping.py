@@ -36,7 +36,14 @@ VITALS: tuple[tuple[str, str, str, str, Decimal, Decimal], ...] = (
     ("pulse", "8867-4", "Heart rate", "/min", Decimal(20), Decimal(250)),
     ("temperature", "8310-5", "Body temperature", "Cel", Decimal(30), Decimal(45)),
     ("respiratory_rate", "9279-1", "Respiratory rate", "/min", Decimal(4), Decimal(80)),
-    ("spo2", "59408-5", "Oxygen saturation in Arterial blood by Pulse oximetry", "%", Decimal(50), Decimal(100)),
+    (
+        "spo2",
+        "59408-5",
+        "Oxygen saturation in Arterial blood by Pulse oximetry",
+        "%",
+        Decimal(50),
+        Decimal(100),
+    ),
     ("weight", "29463-7", "Body weight", "kg", Decimal("0.3"), Decimal(300)),
     ("height", "8302-2", "Body height", "cm", Decimal(20), Decimal(250)),
     ("bmi", "39156-5", "Body mass index (BMI) [Ratio]", "kg/m2", Decimal(5), Decimal(100)),
@@ -72,14 +79,19 @@ def vital_observation(
     name: str, value: Decimal, patient_id: str, encounter_id: str, when: str, performer: str | None
 ) -> dict[str, Any]:
     """Return one vital-sign Observation coded in LOINC with a UCUM quantity."""
-    field, code, display, unit, _low, _high = next(v for v in VITALS if v[0] == name)
+    _field, code, display, unit, _low, _high = next(v for v in VITALS if v[0] == name)
     resource = _observation(code, display, patient_id, encounter_id, when, performer)
     resource["valueQuantity"] = quantity(value, unit)
     return resource
 
 
 def blood_pressure(
-    systolic: Decimal, diastolic: Decimal, patient_id: str, encounter_id: str, when: str, performer: str | None
+    systolic: Decimal,
+    diastolic: Decimal,
+    patient_id: str,
+    encounter_id: str,
+    when: str,
+    performer: str | None,
 ) -> dict[str, Any]:
     """Return the blood-pressure panel with systolic and diastolic components."""
     resource = _observation(*BP_PANEL, patient_id, encounter_id, when, performer)
@@ -112,16 +124,26 @@ def _observation(
 
 
 def condition(
-    entry: Icd10Entry, patient_id: str, encounter_id: str, when: str, asserter: str | None, primary: bool, note: str
+    entry: Icd10Entry,
+    patient_id: str,
+    encounter_id: str,
+    when: str,
+    asserter: str | None,
+    primary: bool,
+    note: str,
 ) -> dict[str, Any]:
     """Return an encounter diagnosis coded in ICD-10 with its Vietnamese title."""
     resource: dict[str, Any] = {
         "resourceType": "Condition",
         "clinicalStatus": {
-            "coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "active"}]
+            "coding": [
+                {"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "active"}
+            ]
         },
         "verificationStatus": {
-            "coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-ver-status", "code": "confirmed"}]
+            "coding": [
+                {"system": "http://terminology.hl7.org/CodeSystem/condition-ver-status", "code": "confirmed"}
+            ]
         },
         "category": [
             {
@@ -133,7 +155,10 @@ def condition(
                 ]
             }
         ],
-        "code": {"coding": [{"system": ICD10_SYSTEM, "code": entry.code, "display": entry.vi}], "text": entry.vi},
+        "code": {
+            "coding": [{"system": ICD10_SYSTEM, "code": entry.code, "display": entry.vi}],
+            "text": entry.vi,
+        },
         "subject": _ref(f"Patient/{patient_id}"),
         "encounter": _ref(f"Encounter/{encounter_id}"),
         "recordedDate": when,
@@ -157,18 +182,27 @@ def allergy(
         "resourceType": "AllergyIntolerance",
         "clinicalStatus": {
             "coding": [
-                {"system": "http://terminology.hl7.org/CodeSystem/allergyintolerance-clinical", "code": "active"}
+                {
+                    "system": "http://terminology.hl7.org/CodeSystem/allergyintolerance-clinical",
+                    "code": "active",
+                }
             ]
         },
         "verificationStatus": {
             "coding": [
-                {"system": "http://terminology.hl7.org/CodeSystem/allergyintolerance-verification", "code": "confirmed"}
+                {
+                    "system": "http://terminology.hl7.org/CodeSystem/allergyintolerance-verification",
+                    "code": "confirmed",
+                }
             ]
         },
         "type": "allergy",
         "category": ["medication"],
         "criticality": "high",
-        "code": {"coding": [{"system": system, "code": key.removeprefix("class:"), "display": label}], "text": label},
+        "code": {
+            "coding": [{"system": system, "code": key.removeprefix("class:"), "display": label}],
+            "text": label,
+        },
         "patient": _ref(f"Patient/{patient_id}"),
         "encounter": _ref(f"Encounter/{encounter_id}"),
         "recordedDate": when,
@@ -304,7 +338,9 @@ def medication_request(
         "dosageInstruction": [
             {
                 "text": item.dosage.text,
-                "timing": {"repeat": {"frequency": item.dosage.times_per_day, "period": 1, "periodUnit": "d"}},
+                "timing": {
+                    "repeat": {"frequency": item.dosage.times_per_day, "period": 1, "periodUnit": "d"}
+                },
                 "route": {"text": item.drug.route},
                 "doseAndRate": [{"doseQuantity": dose}],
                 **({"patientInstruction": item.note} if item.note else {}),
@@ -375,12 +411,23 @@ def provenance(
         "resourceType": "Provenance",
         "target": [_ref(t) for t in targets],
         "recorded": when,
-        "activity": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-DataOperation", "code": "UPDATE" if revises else "CREATE"}], "text": activity},
+        "activity": {
+            "coding": [
+                {
+                    "system": "http://terminology.hl7.org/CodeSystem/v3-DataOperation",
+                    "code": "UPDATE" if revises else "CREATE",
+                }
+            ],
+            "text": activity,
+        },
         "agent": [
             {
                 "type": {
                     "coding": [
-                        {"system": "http://terminology.hl7.org/CodeSystem/provenance-participant-type", "code": "author"}
+                        {
+                            "system": "http://terminology.hl7.org/CodeSystem/provenance-participant-type",
+                            "code": "author",
+                        }
                     ]
                 },
                 "who": _ref(who),

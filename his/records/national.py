@@ -62,7 +62,9 @@ def build_payload(session: Session, prescription: Prescription, zone: Any = None
                 "ten_thuoc": concept.get("text", ""),
                 "don_vi_tinh": request["dispenseRequest"]["quantity"]["unit"],
                 "so_luong": int(item.quantity),
-                "cach_dung": " ".join(filter(None, [dosage.get("text", ""), dosage.get("patientInstruction", "")])),
+                "cach_dung": " ".join(
+                    filter(None, [dosage.get("text", ""), dosage.get("patientInstruction", "")])
+                ),
             }
         )
     signature = session.scalar(select(Signature).where(Signature.prescription_id == prescription.id))
@@ -100,7 +102,9 @@ def enqueue(session: Session, prescription: Prescription) -> OutboxMessage:
     existing = session.scalar(select(OutboxMessage).where(OutboxMessage.prescription_id == prescription.id))
     if existing is not None:
         return existing
-    row = OutboxMessage(prescription_id=prescription.id, payload=build_payload(session, prescription), status="pending")
+    row = OutboxMessage(
+        prescription_id=prescription.id, payload=build_payload(session, prescription), status="pending"
+    )
     session.add(row)
     session.flush()
     return row

@@ -31,7 +31,14 @@ from his.records.catalogue import (
     seed_drugs,
 )
 from his.records.codes import new_code, prescription_type
-from his.records.dosing import DosageNotUnderstood, PatientFacts, check_rules, parse_dosage, quantity, unit_matches
+from his.records.dosing import (
+    DosageNotUnderstood,
+    PatientFacts,
+    check_rules,
+    parse_dosage,
+    quantity,
+    unit_matches,
+)
 from his.records.models import CatalogueDrug, Prescription, PrescriptionItem, Signature
 from his.records.safety import Allergy, PlannedItem, SafetyWarning, check_prescription
 
@@ -95,7 +102,10 @@ def load_encounter(session: Session, encounter_id: str) -> EncounterView:
 
 def is_signed(session: Session, encounter_id: str) -> bool:
     """Tell whether the encounter's record was signed."""
-    return session.scalar(select(Signature.id).where(Signature.encounter_id == encounter_id).limit(1)) is not None
+    return (
+        session.scalar(select(Signature.id).where(Signature.encounter_id == encounter_id).limit(1))
+        is not None
+    )
 
 
 def ensure_open(session: Session, encounter_id: str) -> EncounterView:
@@ -192,7 +202,10 @@ def start_encounter(session: Session, encounter_id: str, actor: Actor) -> Encoun
         changed = True
     participants = resource.get("participant", [])
     if not any((p.get("individual") or {}).get("reference") == who for p in participants):
-        resource["participant"] = [*participants, {"individual": {"reference": who, "display": actor.full_name}}]
+        resource["participant"] = [
+            *participants,
+            {"individual": {"reference": who, "display": actor.full_name}},
+        ]
         changed = True
     if changed:
         resource.pop("meta", None)
@@ -246,7 +259,9 @@ def record_vitals(session: Session, encounter_id: str, vitals: Vitals, actor: Ac
         if value is not None and not (low <= value <= high):
             errors[name] = N_("This value is outside the possible range.")
     if (vitals.systolic is None) != (vitals.diastolic is None):
-        errors["systolic" if vitals.systolic is None else "diastolic"] = N_("Give both blood pressure values.")
+        errors["systolic" if vitals.systolic is None else "diastolic"] = N_(
+            "Give both blood pressure values."
+        )
     elif vitals.systolic is not None and vitals.diastolic is not None and vitals.systolic <= vitals.diastolic:
         errors["diastolic"] = N_("The diastolic pressure must be lower than the systolic.")
     if errors:
@@ -256,12 +271,16 @@ def record_vitals(session: Session, encounter_id: str, vitals: Vitals, actor: Ac
     created = []
     if vitals.systolic is not None and vitals.diastolic is not None:
         created.append(
-            mapping.blood_pressure(vitals.systolic, vitals.diastolic, encounter.patient_id, encounter_id, when, who)
+            mapping.blood_pressure(
+                vitals.systolic, vitals.diastolic, encounter.patient_id, encounter_id, when, who
+            )
         )
     for name, *_rest in mapping.VITALS:
         value = getattr(vitals, name, None)
         if value is not None:
-            created.append(mapping.vital_observation(name, value, encounter.patient_id, encounter_id, when, who))
+            created.append(
+                mapping.vital_observation(name, value, encounter.patient_id, encounter_id, when, who)
+            )
     if vitals.weight is not None and vitals.height is not None:
         metres = vitals.height / 100
         bmi = (vitals.weight / (metres * metres)).quantize(Decimal("0.1"))
@@ -282,7 +301,9 @@ def add_diagnosis(session: Session, encounter_id: str, code: str, actor: Actor, 
         raise ValidationFailed(
             N_("This ICD-10 code is not in the catalogue."), fields={"icd10": N_("Unknown code.")}
         )
-    existing = store.search(session, "Condition", [("encounter", f"Encounter/{encounter_id}"), ("_count", "100")])
+    existing = store.search(
+        session, "Condition", [("encounter", f"Encounter/{encounter_id}"), ("_count", "100")]
+    )
     if any(
         c.get("code") == entry.code
         for match in existing.matches
@@ -311,7 +332,13 @@ def add_allergy(
     encounter = ensure_open(session, encounter_id)
     key, label = resolve_substance(session, substance)
     resource = mapping.allergy(
-        key, label, encounter.patient_id, encounter_id, now_text(), practitioner_reference(session, actor), reaction
+        key,
+        label,
+        encounter.patient_id,
+        encounter_id,
+        now_text(),
+        practitioner_reference(session, actor),
+        reaction,
     )
     return store.create(session, resource).id
 
@@ -353,7 +380,12 @@ def add_order(session: Session, encounter_id: str, category: str, text: str, act
     if errors:
         raise ValidationFailed(N_("The order is not complete."), fields=errors)
     resource = mapping.service_request(
-        category, text.strip(), encounter.patient_id, encounter_id, now_text(), practitioner_reference(session, actor)
+        category,
+        text.strip(),
+        encounter.patient_id,
+        encounter_id,
+        now_text(),
+        practitioner_reference(session, actor),
     )
     return store.create(session, resource).id
 
@@ -367,7 +399,12 @@ def save_note(
     if unknown:
         raise ValidationFailed(N_("Unknown note section."), fields={name: N_("Unknown.") for name in unknown})
     resource = mapping.clinical_note(
-        sections, encounter.patient_id, encounter_id, now_text(), practitioner_reference(session, actor), title
+        sections,
+        encounter.patient_id,
+        encounter_id,
+        now_text(),
+        practitioner_reference(session, actor),
+        title,
     )
     existing = store.search(session, "Composition", [("encounter", f"Encounter/{encounter_id}")])
     if existing.matches:
@@ -414,7 +451,9 @@ def encounter_record(session: Session, encounter_id: str) -> EncounterRecord:
 
 
 def patient_allergy_resources(session: Session, patient_id: str) -> list[dict[str, Any]]:
-    result = store.search(session, "AllergyIntolerance", [("patient", f"Patient/{patient_id}"), ("_count", "200")])
+    result = store.search(
+        session, "AllergyIntolerance", [("patient", f"Patient/{patient_id}"), ("_count", "200")]
+    )
     return [m.resource for m in result.matches]
 
 
@@ -429,7 +468,9 @@ def patient_allergies(session: Session, patient_id: str) -> list[Allergy]:
     return found
 
 
-def past_encounters(session: Session, patient_id: str, *, exclude: str | None = None, limit: int = 10) -> list[dict[str, Any]]:
+def past_encounters(
+    session: Session, patient_id: str, *, exclude: str | None = None, limit: int = 10
+) -> list[dict[str, Any]]:
     """Return the patient's previous encounters, newest first, with their diagnoses."""
     result = store.search(
         session,
@@ -447,7 +488,9 @@ def past_encounters(session: Session, patient_id: str, *, exclude: str | None = 
                 "start": (match.resource.get("period") or {}).get("start", ""),
                 "status": match.resource.get("status"),
                 "diagnoses": [
-                    f"{c['code']['coding'][0]['code']} {c['code'].get('text', '')}" for c in conditions if c.get("code")
+                    f"{c['code']['coding'][0]['code']} {c['code'].get('text', '')}"
+                    for c in conditions
+                    if c.get("code")
                 ],
                 "signed": is_signed(session, match.id),
             }
@@ -478,7 +521,13 @@ def _upsert(session: Session, rows: list[dict[str, str]]) -> int:
         search_text = fold(f"{drug.code} {drug.name} {' '.join(drug.ingredient_names)}")[:400]
         if existing is None:
             session.add(
-                CatalogueDrug(code=drug.code, name=drug.name, search_text=search_text, antibiotic=drug.antibiotic, row=row)
+                CatalogueDrug(
+                    code=drug.code,
+                    name=drug.name,
+                    search_text=search_text,
+                    antibiotic=drug.antibiotic,
+                    row=row,
+                )
             )
         else:
             existing.name, existing.search_text, existing.antibiotic, existing.row = (
@@ -578,7 +627,9 @@ class Plan:
     kind: str
 
 
-def patient_facts(session: Session, patient_id: str, weight: Decimal | None, guardian: str | None) -> PatientFacts:
+def patient_facts(
+    session: Session, patient_id: str, weight: Decimal | None, guardian: str | None
+) -> PatientFacts:
     resource = store.read(session, "Patient", patient_id).resource
     birth = resource.get("birthDate")
     try:
@@ -644,7 +695,9 @@ def plan_prescription(
             errors[f"lines.{index}.dosage"] = N_("The dose unit does not match the drug's unit.")
             continue
         planned.append(
-            PlannedLine(index, drug, PlannedItem(drug, dosage), quantity(dosage, max(draft.days, 1), drug), line.note)
+            PlannedLine(
+                index, drug, PlannedItem(drug, dosage), quantity(dosage, max(draft.days, 1), drug), line.note
+            )
         )
     facts = patient_facts(session, encounter.patient_id, draft.weight_kg, draft.guardian_name)
     try:
@@ -668,7 +721,13 @@ def plan_prescription(
 
 
 def save_prescription(
-    session: Session, encounter_id: str, draft: DraftPrescription, actor: Actor, *, on: date, locale: str = "vi"
+    session: Session,
+    encounter_id: str,
+    draft: DraftPrescription,
+    actor: Actor,
+    *,
+    on: date,
+    locale: str = "vi",
 ) -> tuple[Prescription, Plan]:
     """Save the encounter's prescription as draft MedicationRequests grouped by a new code.
 
@@ -690,10 +749,14 @@ def save_prescription(
         code = new_code(
             site.facility_code,
             plan.kind,
-            lambda random: session.scalar(
-                select(Prescription.id).where(Prescription.code.startswith(f"{site.facility_code.upper()}{random}-"))
-            )
-            is not None,
+            lambda random: (
+                session.scalar(
+                    select(Prescription.id).where(
+                        Prescription.code.startswith(f"{site.facility_code.upper()}{random}-")
+                    )
+                )
+                is not None
+            ),
         )
         prescription = Prescription(
             code=str(code),
@@ -719,7 +782,9 @@ def save_prescription(
     requester = practitioner_reference(session, actor)
     for planned in plan.lines:
         resource = mapping.medication_request(
-            mapping.RequestLine(planned.line, planned.drug, planned.item.dosage, planned.quantity, planned.note),
+            mapping.RequestLine(
+                planned.line, planned.drug, planned.item.dosage, planned.quantity, planned.note
+            ),
             prescription.code,
             draft.days,
             encounter.patient_id,
@@ -745,7 +810,9 @@ def save_prescription(
 
 def discard_lines(session: Session, prescription: Prescription) -> None:
     """Delete a draft's MedicationRequests and lines (only drafts are ever deleted)."""
-    for item in session.scalars(select(PrescriptionItem).where(PrescriptionItem.prescription_id == prescription.id)):
+    for item in session.scalars(
+        select(PrescriptionItem).where(PrescriptionItem.prescription_id == prescription.id)
+    ):
         store.delete_resource(session, "MedicationRequest", item.medication_request_id)
     session.execute(delete(PrescriptionItem).where(PrescriptionItem.prescription_id == prescription.id))
 
@@ -753,7 +820,9 @@ def discard_lines(session: Session, prescription: Prescription) -> None:
 def discard_draft(session: Session, prescription: Prescription) -> None:
     """Drop an unsigned prescription entirely."""
     if prescription.status != "draft":
-        raise Conflict(N_("A signed prescription is never changed; write a new one."), code="PRESCRIPTION_SIGNED")
+        raise Conflict(
+            N_("A signed prescription is never changed; write a new one."), code="PRESCRIPTION_SIGNED"
+        )
     discard_lines(session, prescription)
     session.delete(prescription)
     session.flush()
@@ -769,14 +838,22 @@ def replan(session: Session, prescription: Prescription, *, on: date, locale: st
     """Run the checks again on a saved draft (allergies may have been added since)."""
     encounter = load_encounter(session, prescription.encounter_id)
     items = session.scalars(
-        select(PrescriptionItem).where(PrescriptionItem.prescription_id == prescription.id).order_by(PrescriptionItem.line)
+        select(PrescriptionItem)
+        .where(PrescriptionItem.prescription_id == prescription.id)
+        .order_by(PrescriptionItem.line)
     ).all()
     lines = []
     for item in items:
         resource = store.read(session, "MedicationRequest", item.medication_request_id).resource
         instruction = resource["dosageInstruction"][0]
-        lines.append(DraftLine(item.drug_code, instruction["text"], instruction.get("patientInstruction", "")))
+        lines.append(
+            DraftLine(item.drug_code, instruction["text"], instruction.get("patientInstruction", ""))
+        )
     draft = DraftPrescription(
-        tuple(lines), prescription.days, prescription.weight_kg, prescription.guardian_name, prescription.advice or ""
+        tuple(lines),
+        prescription.days,
+        prescription.weight_kg,
+        prescription.guardian_name,
+        prescription.advice or "",
     )
     return plan_prescription(session, encounter, draft, on=on, locale=locale)

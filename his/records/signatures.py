@@ -20,7 +20,8 @@ from sqlalchemy.orm import Session
 
 from fhir import services as store
 from his import events
-from his.errors import N_, Conflict, NotFound, ValidationFailed
+from his.db import as_utc, utcnow
+from his.errors import N_, Conflict, Gone, NotFound, ValidationFailed
 from his.models import User
 from his.records import mapping
 from his.records.canonical import canonicalize
@@ -37,8 +38,7 @@ from his.records.services import (
     practitioner_reference,
     replan,
 )
-from his.records.signing import signer_key, sign_detached, trusted_authorities, verify_detached
-from his.db import as_utc, utcnow
+from his.records.signing import sign_detached, signer_key, trusted_authorities, verify_detached
 
 SIGNED_TYPES = ("Observation", "Condition", "ServiceRequest", "MedicationRequest", "Composition")
 
@@ -128,7 +128,9 @@ def sign_encounter(
         _update(session, note, status="final")
     targets: list[store.StoredResource] = [stored_encounter, *issues]
     for rtype in SIGNED_TYPES:
-        result = store.search(session, rtype, [("encounter", f"Encounter/{encounter_id}"), ("_count", "1000")])
+        result = store.search(
+            session, rtype, [("encounter", f"Encounter/{encounter_id}"), ("_count", "1000")]
+        )
         targets.extend(result.matches)
     for allergy in patient_allergy_resources(session, encounter.patient_id):
         if (allergy.get("encounter") or {}).get("reference") == f"Encounter/{encounter_id}":
@@ -136,7 +138,11 @@ def sign_encounter(
     signature = _sign(session, targets, user, actor, who, when, secret, encounter_id, prescription)
     events.publish(
         "record.signed",
-        {"encounter": encounter_id, "patient": encounter.patient_id, "prescription": prescription.code if prescription else None},
+        {
+            "encounter": encounter_id,
+            "patient": encounter.patient_id,
+            "prescription": prescription.code if prescription else None,
+        },
     )
     if prescription is not None:
         from his.records.national import enqueue
@@ -168,7 +174,15 @@ def _sign(
     references = sorted(_versioned(t) for t in unique.values())
     provenance = store.create(
         session,
-        mapping.provenance(references, when, who, jws, activity="amend" if revises else "sign", revises=revises, reason=reason),
+        mapping.provenance(
+            references,
+            when,
+            who,
+            jws,
+            activity="amend" if revises else "sign",
+            revises=revises,
+            reason=reason,
+        ),
     )
     row = Signature(
         encounter_id=encounter_id,
@@ -203,7 +217,9 @@ def amend(
         raise ValidationFailed(N_("Say why the record is amended."), fields={"reason": N_("Required.")})
     rtype, rid = resource.get("resourceType", ""), resource.get("id", "")
     if rtype == "MedicationRequest":
-        raise Conflict(N_("A signed prescription is never changed; write a new one."), code="PRESCRIPTION_SIGNED")
+        raise Conflict(
+            N_("A signed prescription is never changed; write a new one."), code="PRESCRIPTION_SIGNED"
+        )
     signatures = session.scalars(
         select(Signature).where(Signature.encounter_id == encounter_id).order_by(Signature.id)
     ).all()
@@ -285,16 +301,24 @@ def verify(session: Session, signature: Signature) -> Verification:
         provenance_stored = store.read(session, "Provenance", signature.provenance_id)
         provenance = provenance_stored.resource
         jws = base64.b64decode(provenance["signature"][0]["data"]).decode("ascii")
-    except (NotFound, KeyError, IndexError, ValueError) as exc:
-        report.problems.append(Problem(f"Provenance/{signature.provenance_id}", N_("The signature's Provenance is missing or damaged.")))
-        del exc
+    except (NotFound, Gone, KeyError, IndexError, ValueError):
+        report.problems.append(
+            Problem(
+                f"Provenance/{signature.provenance_id}",
+                N_("The signature's Provenance is missing or damaged."),
+            )
+        )
         return report
     if provenance_stored.version_id != 1:
-        report.problems.append(Problem(f"Provenance/{signature.provenance_id}", N_("The Provenance was changed after signing.")))
+        report.problems.append(
+            Problem(f"Provenance/{signature.provenance_id}", N_("The Provenance was changed after signing."))
+        )
     report.signed_at = provenance.get("recorded", "")
     report.targets = [t["reference"] for t in provenance.get("target", [])]
     if sorted(report.targets) != sorted(signature.targets):
-        report.problems.append(Problem(f"Provenance/{signature.provenance_id}", N_("The Provenance's targets were changed.")))
+        report.problems.append(
+            Problem(f"Provenance/{signature.provenance_id}", N_("The Provenance's targets were changed."))
+        )
     signed_resources = {
         f"{r['resourceType']}/{r['id']}": r for r in json.loads(signature.document, parse_float=Decimal)
     }
@@ -303,7 +327,7 @@ def verify(session: Session, signature: Signature) -> Verification:
         rtype, rid, _h, version = reference.split("/")
         try:
             current = store.vread(session, rtype, rid, version).resource
-        except (NotFound, Exception):  # noqa: BLE001 - a missing or deleted version is a finding, not a crash
+        except (NotFound, Gone):
             report.problems.append(Problem(reference, N_("The signed version is missing.")))
             continue
         now_resources.append(current)
@@ -318,7 +342,9 @@ def verify(session: Session, signature: Signature) -> Verification:
                 report.amended_by.append(newer)
             else:
                 report.problems.append(
-                    Problem(reference, N_("A newer version was written without an amendment signature."), (newer,))
+                    Problem(
+                        reference, N_("A newer version was written without an amendment signature."), (newer,)
+                    )
                 )
     trusted = trusted_authorities(session)
     at = as_utc(signature.signed_at)
@@ -336,7 +362,7 @@ def verify(session: Session, signature: Signature) -> Verification:
 def _exists(session: Session, rtype: str, rid: str) -> bool:
     try:
         store.read(session, rtype, rid)
-    except Exception:  # noqa: BLE001 - deleted or unknown both mean "no later version to compare"
+    except (NotFound, Gone):
         return False
     return True
 
@@ -361,7 +387,9 @@ def signatures_for(session: Session, target: str) -> list[Signature]:
             code = ""
         prescription = session.scalar(select(Prescription).where(Prescription.code == code)) if code else None
         if prescription is not None:
-            found = session.scalars(select(Signature).where(Signature.prescription_id == prescription.id)).all()
+            found = session.scalars(
+                select(Signature).where(Signature.prescription_id == prescription.id)
+            ).all()
     if not found:
         raise NotFound(N_("No signature matches this id or code."), code="SIGNATURE_NOT_FOUND")
     return list(found)

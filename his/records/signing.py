@@ -154,7 +154,15 @@ def site_ca(session: Session, site: Site, secret: str) -> SigningKey:
         .sign(key, hashes.SHA256())
     )
     return _store(
-        session, site_id=site.id, user_id=None, kind="ca", source="issued", cert=cert, chain=[], key=key, secret=secret
+        session,
+        site_id=site.id,
+        user_id=None,
+        kind="ca",
+        source="issued",
+        cert=cert,
+        chain=[],
+        key=key,
+        secret=secret,
     )
 
 
@@ -220,10 +228,14 @@ def import_pkcs12(session: Session, user: User, data: bytes, password: str | Non
     except ValueError as exc:
         raise BadRequest(N_("The PKCS#12 file or its password is not valid."), code="PKCS12_INVALID") from exc
     if cert is None or not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
-        raise BadRequest(N_("The PKCS#12 file must hold an RSA or EC key and its certificate."), code="PKCS12_INVALID")
+        raise BadRequest(
+            N_("The PKCS#12 file must hold an RSA or EC key and its certificate."), code="PKCS12_INVALID"
+        )
     if user.site_id is None:
         raise Conflict(N_("Only staff of a site can sign."), code="SIGNER_WITHOUT_SITE")
-    for old in session.scalars(select(SigningKey).where(SigningKey.user_id == user.id, SigningKey.kind == "signer")):
+    for old in session.scalars(
+        select(SigningKey).where(SigningKey.user_id == user.id, SigningKey.kind == "signer")
+    ):
         old.active = False
     return _store(
         session,
@@ -255,7 +267,9 @@ def _raw_verify(public_key: Any, signature: bytes, data: bytes) -> None:
         size = (public_key.curve.key_size + 7) // 8
         if len(signature) != 2 * size:
             raise InvalidSignature("wrong signature length")
-        der = encode_dss_signature(int.from_bytes(signature[:size], "big"), int.from_bytes(signature[size:], "big"))
+        der = encode_dss_signature(
+            int.from_bytes(signature[:size], "big"), int.from_bytes(signature[size:], "big")
+        )
         public_key.verify(der, data, ec.ECDSA(hashes.SHA256()))
     elif isinstance(public_key, rsa.RSAPublicKey):
         public_key.verify(signature, data, padding.PKCS1v15(), hashes.SHA256())
@@ -265,9 +279,9 @@ def _raw_verify(public_key: Any, signature: bytes, data: bytes) -> None:
 
 def certificates_of(row: SigningKey) -> list[x509.Certificate]:
     """Return the key's certificate followed by its chain."""
-    return [x509.load_pem_x509_certificate(row.certificate_pem.encode())] + x509.load_pem_x509_certificates(
-        row.chain_pem.encode()
-    ) if row.chain_pem else [x509.load_pem_x509_certificate(row.certificate_pem.encode())]
+    leaf = x509.load_pem_x509_certificate(row.certificate_pem.encode())
+    chain = x509.load_pem_x509_certificates(row.chain_pem.encode()) if row.chain_pem else []
+    return [leaf, *chain]
 
 
 def sign_detached(row: SigningKey, secret: str, payload: bytes) -> str:
@@ -277,7 +291,10 @@ def sign_detached(row: SigningKey, secret: str, payload: bytes) -> str:
         "alg": _algorithm(key),
         "typ": "JOSE",
         "cty": "application/fhir+json",
-        "x5c": [base64.b64encode(c.public_bytes(serialization.Encoding.DER)).decode() for c in certificates_of(row)],
+        "x5c": [
+            base64.b64encode(c.public_bytes(serialization.Encoding.DER)).decode()
+            for c in certificates_of(row)
+        ],
     }
     protected = _b64url(json.dumps(header, separators=(",", ":")).encode())
     signing_input = f"{protected}.{_b64url(payload)}".encode("ascii")
@@ -294,7 +311,9 @@ class SignatureCheck:
     problem: str = ""
 
 
-def verify_detached(jws: str, payload: bytes, trusted: list[x509.Certificate], at: datetime | None = None) -> SignatureCheck:
+def verify_detached(
+    jws: str, payload: bytes, trusted: list[x509.Certificate], at: datetime | None = None
+) -> SignatureCheck:
     """Check a detached JWS over ``payload``: the signature, and the certificate chain to a trusted CA."""
     try:
         protected, empty, signature = jws.split(".")
@@ -309,24 +328,34 @@ def verify_detached(jws: str, payload: bytes, trusted: list[x509.Certificate], a
     signer = leaf.subject.rfc4514_string()
     fingerprint = _fingerprint(leaf)
     if header.get("alg") != _algorithm(leaf.public_key()):
-        return SignatureCheck(False, signer, fingerprint, N_("The signature algorithm does not match the certificate."))
+        return SignatureCheck(
+            False, signer, fingerprint, N_("The signature algorithm does not match the certificate.")
+        )
     try:
         _raw_verify(leaf.public_key(), raw, f"{protected}.{_b64url(payload)}".encode("ascii"))
     except InvalidSignature:
-        return SignatureCheck(False, signer, fingerprint, N_("The signature does not match the signed content."))
+        return SignatureCheck(
+            False, signer, fingerprint, N_("The signature does not match the signed content.")
+        )
     moment = at or datetime.now(UTC)
     if not (leaf.not_valid_before_utc <= moment <= leaf.not_valid_after_utc):
-        return SignatureCheck(False, signer, fingerprint, N_("The signer's certificate was not valid at that time."))
+        return SignatureCheck(
+            False, signer, fingerprint, N_("The signer's certificate was not valid at that time.")
+        )
     trusted_by_fp = {_fingerprint(c): c for c in trusted}
     issuer = next((c for c in trusted if c.subject == leaf.issuer), None)
     if fingerprint in trusted_by_fp:
         return SignatureCheck(True, signer, fingerprint)
     if issuer is None:
-        return SignatureCheck(False, signer, fingerprint, N_("The signer's certificate was not issued by a trusted authority."))
+        return SignatureCheck(
+            False, signer, fingerprint, N_("The signer's certificate was not issued by a trusted authority.")
+        )
     try:
         leaf.verify_directly_issued_by(issuer)
     except (ValueError, TypeError, InvalidSignature):
-        return SignatureCheck(False, signer, fingerprint, N_("The signer's certificate was not issued by a trusted authority."))
+        return SignatureCheck(
+            False, signer, fingerprint, N_("The signer's certificate was not issued by a trusted authority.")
+        )
     return SignatureCheck(True, signer, fingerprint)
 
 

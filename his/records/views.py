@@ -2,12 +2,528 @@
 
 from __future__ import annotations
 
-from flask import Blueprint
+import sys
+from collections.abc import Callable
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any
 
+import click
+from flask import Blueprint, Response, current_app, jsonify, redirect, render_template, request, url_for
+from flask.cli import with_appcontext
+from flask_babel import get_locale
+from flask_babel import gettext as _
+from flask_babel import lazy_gettext as _l
+from sqlalchemy import select
+from werkzeug.wrappers import Response as BaseResponse
+
+from his import audit
+from his.db import get_database, get_session
+from his.errors import Conflict, Forbidden, NotFound, ValidationFailed, VetinhError
+from his.i18n import local_zone
+from his.models import Site
+from his.navigation import add_nav_item
+from his.policy import ensure_patient_access
+from his.records import pharmacy, services, signatures
+from his.records.catalogue import search_icd10
+from his.records.models import Prescription, Signature
+from his.records.services import Actor, DraftLine, DraftPrescription, Vitals
+from his.security import current_principal, login_required, roles_required
+
+# cli_group=None puts `verify` at the top of the `vetinh` command, next to `run` and `db`.
 bp = Blueprint(
     "records",
     __name__,
     template_folder="templates",
     static_folder="static/records",
     static_url_path="/static/records",
+    cli_group=None,
 )
+
+CLINICIANS = ("doctor", "nurse")
+add_nav_item("records.worklist", _l("Worklist"), {"doctor", "nurse"}, icon="list", order=20)
+add_nav_item("records.pharmacy_home", _l("Pharmacy"), {"pharmacist"}, icon="pill", order=20)
+add_nav_item("records.my_records", _l("My records"), {"patient"}, icon="file", order=30)
+
+
+def _actor() -> Actor:
+    principal = current_principal()
+    assert principal.user_id is not None
+    return Actor(
+        principal.user_id, principal.username, principal.full_name, principal.site_id, principal.role or ""
+    )
+
+
+def _secret() -> str:
+    return str(current_app.config["SECRET_KEY"])
+
+
+def _today() -> date:
+    return datetime.now(local_zone()).date()
+
+
+def _locale() -> str:
+    return str(get_locale() or "vi")
+
+
+def _site() -> Site:
+    principal = current_principal()
+    site = get_session().get(Site, principal.site_id) if principal.site_id else None
+    if site is None:
+        raise Forbidden(_("Only staff of a site can use this page."), code="NO_SITE")
+    return site
+
+
+def _encounter_for(encounter_id: str, action: str) -> services.EncounterView:
+    encounter = services.load_encounter(get_session(), encounter_id)
+    ensure_patient_access(current_principal(), encounter.patient_id, action)
+    return encounter
+
+
+@bp.get("/records/")
+@roles_required(*CLINICIANS)
+def worklist() -> str:
+    """Show today's checked-in patients of the doctor's site in queue order."""
+    entries = services.worklist(get_session(), _site(), _today(), local_zone())
+    audit.record("read", "Worklist", None, detail=f"{len(entries)} encounters")
+    return render_template("records/worklist.html", entries=entries, today=_today())
+
+
+def _warnings_view(plan: services.Plan | None) -> list[dict[str, Any]]:
+    if plan is None:
+        return []
+    return [
+        {"key": w.key, "kind": w.kind, "severity": w.severity, "message": w.render(_), "advice": w.advice}
+        for w in plan.warnings
+    ]
+
+
+def _render_encounter(
+    encounter_id: str, *, errors: dict[str, str] | None = None, message: str = "", status: int = 200
+) -> tuple[str, int]:
+    session = get_session()
+    record = services.encounter_record(session, encounter_id)
+    patient = services.store.read(session, "Patient", record.encounter.patient_id).resource
+    draft = services.draft_of(session, encounter_id)
+    plan = None
+    if draft is not None:
+        try:
+            plan = services.replan(session, draft, on=_today(), locale=_locale())
+        except ValidationFailed as exc:
+            errors = {**(errors or {}), **exc.fields}
+    signed = session.scalars(
+        select(Signature).where(Signature.encounter_id == encounter_id).order_by(Signature.id)
+    ).all()
+    prescriptions = session.scalars(
+        select(Prescription).where(Prescription.encounter_id == encounter_id)
+    ).all()
+    html = render_template(
+        "records/encounter.html",
+        record=record,
+        patient=patient,
+        patient_name=services.patient_name(patient),
+        draft=draft,
+        plan=plan,
+        warnings=_warnings_view(plan),
+        signatures=signed,
+        prescriptions=prescriptions,
+        past=services.past_encounters(session, record.encounter.patient_id, exclude=encounter_id),
+        errors=errors or {},
+        message=message,
+        form=request.form if request.method == "POST" else {},
+        signed=bool(signed),
+    )
+    return html, status
+
+
+@bp.get("/records/encounters/<encounter_id>")
+@roles_required(*CLINICIANS)
+def encounter(encounter_id: str) -> tuple[str, int]:
+    """Open an encounter: put it in progress and show the record with its forms."""
+    _encounter_for(encounter_id, "write")
+    session = get_session()
+    if not services.is_signed(session, encounter_id) and current_principal().role == "doctor":
+        services.start_encounter(session, encounter_id, _actor())
+    audit.record(
+        "read",
+        "Encounter",
+        encounter_id,
+        patient_id=services.load_encounter(session, encounter_id).patient_id,
+    )
+    return _render_encounter(encounter_id)
+
+
+def _act(encounter_id: str, action: Callable[[], object], done: str) -> tuple[str, int] | BaseResponse:
+    encounter = _encounter_for(encounter_id, "write")
+    try:
+        action()
+    except (ValidationFailed, Conflict) as exc:
+        get_session().rollback()
+        return _render_encounter(encounter_id, errors=exc.fields, message=_(exc.message), status=exc.status)
+    audit.record("update", "Encounter", encounter_id, patient_id=encounter.patient_id, detail=done)
+    return redirect(url_for("records.encounter", encounter_id=encounter_id, done=done) + f"#{done}", code=303)
+
+
+@bp.post("/records/encounters/<encounter_id>/vitals")
+@roles_required(*CLINICIANS)
+def vitals(encounter_id: str) -> tuple[str, int] | BaseResponse:
+    """Record vital signs."""
+    errors: dict[str, str] = {}
+    values = {
+        name: services.parse_decimal(request.form.get(name), name, errors)
+        for name in (
+            "systolic",
+            "diastolic",
+            "pulse",
+            "temperature",
+            "respiratory_rate",
+            "spo2",
+            "weight",
+            "height",
+        )
+    }
+    if errors:
+        return _render_encounter(
+            encounter_id, errors=errors, message=_("Some vital signs are not valid."), status=422
+        )
+    return _act(
+        encounter_id,
+        lambda: services.record_vitals(get_session(), encounter_id, Vitals(**values), _actor()),
+        "vitals",
+    )
+
+
+@bp.post("/records/encounters/<encounter_id>/diagnoses")
+@roles_required("doctor")
+def diagnoses(encounter_id: str) -> tuple[str, int] | BaseResponse:
+    """Add an ICD-10 diagnosis."""
+    code = request.form.get("icd10", "").split(" ")[0]
+    note = request.form.get("diagnosis_note", "")
+    return _act(
+        encounter_id,
+        lambda: services.add_diagnosis(get_session(), encounter_id, code, _actor(), note=note),
+        "diagnoses",
+    )
+
+
+@bp.post("/records/encounters/<encounter_id>/allergies")
+@roles_required(*CLINICIANS)
+def allergies(encounter_id: str) -> tuple[str, int] | BaseResponse:
+    """Record a drug allergy."""
+    substance, reaction = request.form.get("substance", ""), request.form.get("reaction", "")
+    return _act(
+        encounter_id,
+        lambda: services.add_allergy(get_session(), encounter_id, substance, _actor(), reaction=reaction),
+        "allergies",
+    )
+
+
+@bp.post("/records/encounters/<encounter_id>/orders")
+@roles_required("doctor")
+def orders(encounter_id: str) -> tuple[str, int] | BaseResponse:
+    """Order a lab test, imaging or pathology."""
+    category, what = request.form.get("category", ""), request.form.get("order", "")
+    return _act(
+        encounter_id,
+        lambda: services.add_order(get_session(), encounter_id, category, what, _actor()),
+        "orders",
+    )
+
+
+@bp.post("/records/encounters/<encounter_id>/note")
+@roles_required("doctor")
+def note(encounter_id: str) -> tuple[str, int] | BaseResponse:
+    """Save the chief complaint, history, examination and plan."""
+    sections = {
+        name: request.form.get(name, "") for name in ("chief_complaint", "history", "examination", "plan")
+    }
+    return _act(
+        encounter_id, lambda: services.save_note(get_session(), encounter_id, sections, _actor()), "note"
+    )
+
+
+def _draft_from_form() -> tuple[DraftPrescription | None, dict[str, str]]:
+    form = request.form
+    errors: dict[str, str] = {}
+    codes, dosages, notes = form.getlist("drug"), form.getlist("dosage"), form.getlist("line_note")
+    lines = tuple(
+        DraftLine(code.strip(), dosages[i] if i < len(dosages) else "", notes[i] if i < len(notes) else "")
+        for i, code in enumerate(codes)
+        if code.strip()
+    )
+    try:
+        days = int(form.get("days", "0"))
+    except ValueError:
+        errors["days"] = _("Enter a whole number of days.")
+        days = 0
+    weight = services.parse_decimal(form.get("weight"), "weight", errors)
+    follow_up = None
+    if form.get("follow_up"):
+        try:
+            follow_up = date.fromisoformat(form["follow_up"])
+        except ValueError:
+            errors["follow_up"] = _("Use the format YYYY-MM-DD.")
+    if errors:
+        return None, errors
+    return (
+        DraftPrescription(lines, days, weight, form.get("guardian_name"), form.get("advice", ""), follow_up),
+        errors,
+    )
+
+
+@bp.post("/records/encounters/<encounter_id>/prescription")
+@roles_required("doctor")
+def prescription(encounter_id: str) -> tuple[str, int] | BaseResponse:
+    """Save the prescription as a draft and show its safety warnings."""
+    draft, errors = _draft_from_form()
+    if draft is None:
+        return _render_encounter(
+            encounter_id, errors=errors, message=_("The prescription cannot be saved."), status=422
+        )
+    return _act(
+        encounter_id,
+        lambda: services.save_prescription(
+            get_session(), encounter_id, draft, _actor(), on=_today(), locale=_locale()
+        ),
+        "prescription",
+    )
+
+
+@bp.post("/records/encounters/<encounter_id>/sign")
+@roles_required("doctor")
+def sign(encounter_id: str) -> tuple[str, int] | BaseResponse:
+    """Sign the encounter and its prescription; every warning needs an override reason."""
+    overrides = {
+        key[len("reason:") :]: value for key, value in request.form.items() if key.startswith("reason:")
+    }
+    return _act(
+        encounter_id,
+        lambda: signatures.sign_encounter(
+            get_session(),
+            encounter_id,
+            _actor(),
+            overrides=overrides,
+            secret=_secret(),
+            on=_today(),
+            locale=_locale(),
+        ),
+        "signed",
+    )
+
+
+@bp.get("/records/icd10.json")
+@login_required
+def icd10_search() -> Response:
+    """Find ICD-10 codes by code or Vietnamese words, diacritics optional."""
+    found = search_icd10(request.args.get("q", ""), limit=20)
+    return jsonify([{"code": e.code, "vi": e.vi, "en": e.en} for e in found])
+
+
+@bp.get("/records/drugs.json")
+@login_required
+def drug_search() -> Response:
+    """Find drugs of the catalogue by code, name or ingredient."""
+    found = services.search_drugs(get_session(), request.args.get("q", ""))
+    return jsonify(
+        [
+            {
+                "code": d.code,
+                "name": d.name,
+                "unit": d.unit,
+                "dose_unit": d.dose_unit,
+                "narcotic": d.narcotic,
+                "psychotropic": d.psychotropic,
+                "antibiotic": d.antibiotic,
+            }
+            for d in found
+        ]
+    )
+
+
+@bp.get("/records/prescriptions/<code>/qr.svg")
+@login_required
+def prescription_qr(code: str) -> Response:
+    """Return the prescription's QR (code + signature) as SVG."""
+    import io
+
+    import segno
+
+    session = get_session()
+    found, _qr = pharmacy.find(session, code)
+    ensure_patient_access(current_principal(), found.patient_id, "read")
+    buffer = io.BytesIO()
+    segno.make(pharmacy.qr_text(session, found, _secret()), error="m").save(
+        buffer, kind="svg", scale=4, border=2
+    )
+    return Response(buffer.getvalue(), mimetype="image/svg+xml")
+
+
+@bp.get("/pharmacy/")
+@roles_required("pharmacist")
+def pharmacy_home() -> str | BaseResponse | tuple[str, int]:
+    """Find a prescription by code or by the text of its scanned QR."""
+    query = request.args.get("q", "").strip()
+    if not query:
+        return render_template("records/pharmacy_find.html", query="", error="")
+    try:
+        found, qr = pharmacy.find(get_session(), query)
+    except (ValidationFailed, NotFound) as exc:
+        audit.record("search", "Prescription", None, outcome="failure", detail=query[:100])
+        return render_template("records/pharmacy_find.html", query=query, error=_(exc.message)), exc.status
+    if qr is not None and not qr.authentic:
+        audit.record(
+            "search",
+            "Prescription",
+            found.code,
+            patient_id=found.patient_id,
+            outcome="failure",
+            detail="forged QR",
+        )
+        return render_template("records/pharmacy_find.html", query=query, error=_(qr.problem)), 409
+    return redirect(url_for("records.pharmacy_prescription", code=found.code))
+
+
+def _pharmacy_page(
+    code: str, *, errors: dict[str, str] | None = None, message: str = "", status: int = 200
+) -> tuple[str, int]:
+    session = get_session()
+    found, _qr = pharmacy.find(session, code)
+    ensure_patient_access(current_principal(), found.patient_id, "read")
+    state = pharmacy.view(session, found, today=_today())
+    patient = services.store.read(session, "Patient", found.patient_id).resource
+    audit.record("read", "Prescription", found.code, patient_id=found.patient_id)
+    return (
+        render_template(
+            "records/pharmacy_prescription.html",
+            state=state,
+            patient_name=services.patient_name(patient),
+            patient=patient,
+            errors=errors or {},
+            message=message,
+        ),
+        status,
+    )
+
+
+@bp.get("/pharmacy/prescriptions/<code>")
+@roles_required("pharmacist")
+def pharmacy_prescription(code: str) -> tuple[str, int]:
+    """Show whether a prescription's signature is valid, whether it was dispensed or expired."""
+    return _pharmacy_page(code)
+
+
+@bp.post("/pharmacy/prescriptions/<code>/dispense")
+@roles_required("pharmacist")
+def dispense(code: str) -> tuple[str, int] | BaseResponse:
+    """Dispense all or part of a prescription, never beyond what was prescribed."""
+    session = get_session()
+    found, _qr = pharmacy.find(session, code)
+    ensure_patient_access(current_principal(), found.patient_id, "write")
+    quantities: dict[int, Decimal] = {}
+    errors: dict[str, str] = {}
+    for key, value in request.form.items():
+        if key.startswith("qty:") and value.strip():
+            amount = services.parse_decimal(value, key, errors)
+            try:
+                item_id = int(key[4:])
+            except ValueError:
+                continue
+            if amount is not None:
+                quantities[item_id] = amount
+    try:
+        if errors:
+            raise ValidationFailed(_("The amounts to dispense are not valid."), fields=errors)
+        pharmacy.dispense(session, found, quantities, _actor(), today=_today())
+    except (ValidationFailed, Conflict) as exc:
+        session.rollback()
+        return _pharmacy_page(found.code, errors=exc.fields, message=_(exc.message), status=exc.status)
+    audit.record("dispense", "Prescription", found.code, patient_id=found.patient_id)
+    return redirect(url_for("records.pharmacy_prescription", code=found.code, done="dispensed"), code=303)
+
+
+@bp.get("/records/my")
+@roles_required("patient")
+def my_records() -> str:
+    """Show the patient their visits, diagnoses and prescriptions with QR codes."""
+    principal = current_principal()
+    session = get_session()
+    visits = services.past_encounters(session, principal.patient_id, limit=50) if principal.patient_id else []
+    found = session.scalars(
+        select(Prescription)
+        .where(Prescription.patient_id == principal.patient_id, Prescription.status == "signed")
+        .order_by(Prescription.signed_at.desc())
+    ).all()
+    states = [pharmacy.view(session, p, today=_today()) for p in found]
+    audit.record(
+        "read", "Patient", principal.patient_id, patient_id=principal.patient_id, detail="own records"
+    )
+    return render_template("records/my_records.html", visits=visits, prescriptions=states)
+
+
+def _verification_json(report: signatures.Verification) -> dict[str, Any]:
+    return {
+        "provenance": report.provenance_id,
+        "valid": report.valid,
+        "signer": report.signer,
+        "signed_at": report.signed_at,
+        "targets": report.targets,
+        "amended_by": report.amended_by,
+        "problems": [
+            {"reference": p.reference, "message": p.message, "paths": list(p.paths)} for p in report.problems
+        ],
+    }
+
+
+@bp.get("/api/v1/records/verify/<target>")
+@login_required
+def verify_api(target: str) -> Response:
+    """Verify every signature of a record (Provenance id, encounter id or prescription code)."""
+    principal = current_principal()
+    if not principal.is_staff:
+        raise Forbidden(_("Only staff may verify records here."))
+    session = get_session()
+    found = signatures.signatures_for(session, target)
+    encounter = services.load_encounter(session, found[0].encounter_id)
+    ensure_patient_access(principal, encounter.patient_id, "read")
+    reports = [signatures.verify(session, s) for s in found]
+    audit.record("verify", "Provenance", found[0].provenance_id, patient_id=encounter.patient_id)
+    return jsonify(valid=all(r.valid for r in reports), signatures=[_verification_json(r) for r in reports])
+
+
+@bp.cli.command("verify")
+@click.argument("target")
+@with_appcontext
+def verify_command(target: str) -> None:
+    """Verify a signed record by Provenance id, encounter id or prescription code (exit 1 if invalid)."""
+    with get_database().session_scope() as session:
+        try:
+            found = signatures.signatures_for(session, target)
+        except VetinhError as exc:
+            click.echo(f"NOT FOUND: {exc.message}", err=True)
+            sys.exit(2)
+        reports = [signatures.verify(session, s) for s in found]
+    for report in reports:
+        click.echo(f"{'VALID' if report.valid else 'INVALID'}  Provenance/{report.provenance_id}")
+        click.echo(f"  signer: {report.signer}")
+        click.echo(f"  signed: {report.signed_at}")
+        for reference in report.targets:
+            click.echo(f"  covers: {reference}")
+        for reference in report.amended_by:
+            click.echo(f"  amended by a signed version: {reference}")
+        for problem in report.problems:
+            where = f" at {', '.join(problem.paths)}" if problem.paths else ""
+            click.echo(f"  PROBLEM {problem.reference}: {problem.message}{where}")
+    sys.exit(0 if all(r.valid for r in reports) else 1)
+
+
+@bp.cli.command("send-prescriptions")
+@click.option("--endpoint", required=True, help="URL of the national prescription system.")
+@with_appcontext
+def send_prescriptions_command(endpoint: str) -> None:
+    """Send the signed prescriptions waiting in the outbox once."""
+    from his.records.national import send_pending
+
+    with get_database().session_scope() as session:
+        results = send_pending(session, endpoint)
+    for result in results:
+        click.echo(f"{result.message_id}: {result.status} {result.detail}".rstrip())

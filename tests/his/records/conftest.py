@@ -45,13 +45,23 @@ def make_visit(app: Flask, sites: dict[str, Site]) -> Callable[..., Visit]:
     """Register a patient at a site and check them in today (an arrived Encounter)."""
 
     def factory(
-        *, site: str = "DIST", birth_date: date = date(1975, 3, 14), name: str = "Nguyễn Văn An", queue: int = 1, **extra: Any
+        *,
+        site: str = "DIST",
+        birth_date: date = date(1975, 3, 14),
+        name: str = "Nguyễn Văn An",
+        queue: int = 1,
+        **extra: Any,
     ) -> Visit:
         with get_database(app).session_scope() as db:
             site_row = db.query(Site).filter_by(code=site).one()
             patient_id = create_patient(
                 db,
-                PatientDetails(full_name=name, birth_date=birth_date, sex=extra.get("sex", "male"), address="Thôn 1, xã Vệ Tinh"),
+                PatientDetails(
+                    full_name=name,
+                    birth_date=birth_date,
+                    sex=extra.get("sex", "male"),
+                    address="Thôn 1, xã Vệ Tinh",
+                ),
                 site_id=site_row.id,
             )
             encounter = store.create(

@@ -36,7 +36,8 @@ def test_worklist_lists_todays_checked_in_patients_of_the_site_in_queue_order(
     today = date.today()
     entries = services.worklist(session, site, today, ZONE)
     assert [(e.patient_name, e.queue_number) for e in entries] == [("Lê Văn Một", 1), ("Trần Thị Ba", 3)]
-    assert entries[0].encounter_id == first.encounter_id and entries[1].patient_id == third.patient_id
+    assert entries[0].encounter_id == first.encounter_id
+    assert entries[1].patient_id == third.patient_id
 
 
 def test_vitals_become_loinc_observations_with_bmi(
@@ -47,8 +48,16 @@ def test_vitals_become_loinc_observations_with_bmi(
     ids = services.record_vitals(
         session,
         visit.encounter_id,
-        Vitals(systolic=Decimal(150), diastolic=Decimal(95), pulse=Decimal(82), temperature=Decimal("37.2"),
-               respiratory_rate=Decimal(18), spo2=Decimal(97), weight=Decimal(70), height=Decimal(170)),
+        Vitals(
+            systolic=Decimal(150),
+            diastolic=Decimal(95),
+            pulse=Decimal(82),
+            temperature=Decimal("37.2"),
+            respiratory_rate=Decimal(18),
+            spo2=Decimal(97),
+            weight=Decimal(70),
+            height=Decimal(170),
+        ),
         actor_of(doctor),
     )
     assert len(ids) == 8
@@ -57,14 +66,24 @@ def test_vitals_become_loinc_observations_with_bmi(
     assert set(codes) == {"85354-9", "8867-4", "8310-5", "9279-1", "59408-5", "29463-7", "8302-2", "39156-5"}
     assert codes["39156-5"]["valueQuantity"]["value"] == Decimal("24.2")
     bp = codes["85354-9"]["component"]
-    assert [(c["code"]["coding"][0]["code"], c["valueQuantity"]["value"]) for c in bp] == [("8480-6", 150), ("8462-4", 95)]
+    assert [(c["code"]["coding"][0]["code"], c["valueQuantity"]["value"]) for c in bp] == [
+        ("8480-6", 150),
+        ("8462-4", 95),
+    ]
     assert record.encounter.status == "in-progress"
 
 
-def test_implausible_vitals_are_refused_by_field(session: Session, make_visit: Callable[..., Visit], doctor: User) -> None:
+def test_implausible_vitals_are_refused_by_field(
+    session: Session, make_visit: Callable[..., Visit], doctor: User
+) -> None:
     visit = make_visit()
     with pytest.raises(ValidationFailed) as caught:
-        services.record_vitals(session, visit.encounter_id, Vitals(temperature=Decimal(62), systolic=Decimal(80), diastolic=Decimal(90)), actor_of(doctor))
+        services.record_vitals(
+            session,
+            visit.encounter_id,
+            Vitals(temperature=Decimal(62), systolic=Decimal(80), diastolic=Decimal(90)),
+            actor_of(doctor),
+        )
     assert set(caught.value.fields) == {"temperature", "diastolic"}
     assert services.encounter_record(session, visit.encounter_id).observations == []
 
@@ -83,7 +102,9 @@ def test_diagnoses_are_icd10_conditions_and_unknown_codes_are_refused(
     assert [m.resource["code"]["text"] for m in found.matches] == ["Tăng huyết áp vô căn (nguyên phát)"]
 
 
-def test_allergies_orders_and_note_are_recorded(session: Session, make_visit: Callable[..., Visit], doctor: User) -> None:
+def test_allergies_orders_and_note_are_recorded(
+    session: Session, make_visit: Callable[..., Visit], doctor: User
+) -> None:
     visit = make_visit()
     actor = actor_of(doctor)
     services.add_allergy(session, visit.encounter_id, "Penicillin", actor, reaction="Mày đay")
@@ -94,23 +115,37 @@ def test_allergies_orders_and_note_are_recorded(session: Session, make_visit: Ca
     services.add_order(session, visit.encounter_id, "imaging", "X-quang ngực thẳng", actor)
     with pytest.raises(ValidationFailed):
         services.add_order(session, visit.encounter_id, "dance", "", actor)
-    services.save_note(session, visit.encounter_id, {"chief_complaint": "Đau đầu 3 ngày", "examination": "Tỉnh <táo>"}, actor)
+    services.save_note(
+        session, visit.encounter_id, {"chief_complaint": "Đau đầu 3 ngày", "examination": "Tỉnh <táo>"}, actor
+    )
     services.save_note(session, visit.encounter_id, {"chief_complaint": "Đau đầu 2 ngày"}, actor)
-    assert {a.key for a in services.patient_allergies(session, visit.patient_id)} == {"class:penicillin", "ibuprofen"}
+    assert {a.key for a in services.patient_allergies(session, visit.patient_id)} == {
+        "class:penicillin",
+        "ibuprofen",
+    }
     record = services.encounter_record(session, visit.encounter_id)
     assert sorted(o["code"]["text"] for o in record.orders) == ["Công thức máu", "X-quang ngực thẳng"]
     assert record.note == {"chief_complaint": "Đau đầu 2 ngày"}
     everything, _total = store.everything(session, visit.patient_id)
-    assert {"AllergyIntolerance", "ServiceRequest", "Composition", "Encounter"} <= {r.type for r in everything}
+    assert {"AllergyIntolerance", "ServiceRequest", "Composition", "Encounter"} <= {
+        r.type for r in everything
+    }
 
 
-def test_past_encounters_show_earlier_diagnoses(session: Session, make_visit: Callable[..., Visit], doctor: User) -> None:
+def test_past_encounters_show_earlier_diagnoses(
+    session: Session, make_visit: Callable[..., Visit], doctor: User
+) -> None:
     visit = make_visit()
     services.add_diagnosis(session, visit.encounter_id, "J02.9", actor_of(doctor))
     later = store.create(
         session,
-        {"resourceType": "Encounter", "status": "arrived", "class": {"code": "AMB"},
-         "subject": {"reference": f"Patient/{visit.patient_id}"}, "period": {"start": "2099-01-01T08:00:00+07:00"}},
+        {
+            "resourceType": "Encounter",
+            "status": "arrived",
+            "class": {"code": "AMB"},
+            "subject": {"reference": f"Patient/{visit.patient_id}"},
+            "period": {"start": "2099-01-01T08:00:00+07:00"},
+        },
     )
     visits = services.past_encounters(session, visit.patient_id, exclude=later.id)
     assert [v["diagnoses"] for v in visits] == [["J02.9 Viêm họng cấp"]]

@@ -33,9 +33,15 @@ def doctor(make_user: Callable[..., User]) -> User:
     return make_user("doctor", full_name="Lê Văn Minh")
 
 
-def prescribe(session: Session, visit: Visit, doctor: User, lines: tuple[DraftLine, ...], days: int = 5, **extra: object) -> Prescription:
+def prescribe(
+    session: Session, visit: Visit, doctor: User, lines: tuple[DraftLine, ...], days: int = 5, **extra: object
+) -> Prescription:
     prescription, _plan = services.save_prescription(
-        session, visit.encounter_id, DraftPrescription(lines, days, **extra), actor_of(doctor), on=TODAY  # type: ignore[arg-type]
+        session,
+        visit.encounter_id,
+        DraftPrescription(lines, days, **extra),
+        actor_of(doctor),
+        on=TODAY,  # type: ignore[arg-type]
     )
     return prescription
 
@@ -44,8 +50,18 @@ def test_prescription_gets_a_national_code_and_grouped_medication_requests(
     session: Session, make_visit: Callable[..., Visit], doctor: User
 ) -> None:
     visit = make_visit()
-    prescription = prescribe(session, visit, doctor, (DraftLine("VTS0001", "sáng 1 viên, chiều 1 viên"), DraftLine("VTS0020", "ngày 3 lần, mỗi lần 1 viên")))
-    assert prescription.code.startswith("01234") and prescription.code.endswith("-C") and len(prescription.code) == 14
+    prescription = prescribe(
+        session,
+        visit,
+        doctor,
+        (
+            DraftLine("VTS0001", "sáng 1 viên, chiều 1 viên"),
+            DraftLine("VTS0020", "ngày 3 lần, mỗi lần 1 viên"),
+        ),
+    )
+    assert prescription.code.startswith("01234")
+    assert prescription.code.endswith("-C")
+    assert len(prescription.code) == 14
     found = store.search(session, "MedicationRequest", [("encounter", f"Encounter/{visit.encounter_id}")])
     requests = sorted((m.resource for m in found.matches), key=lambda r: r["identifier"][0]["value"])
     assert [r["groupIdentifier"]["value"] for r in requests] == [prescription.code] * 2
@@ -61,27 +77,41 @@ def test_narcotic_prescription_is_type_n_and_limited_to_seven_days(
     with pytest.raises(ValidationFailed) as caught:
         prescribe(session, visit, doctor, (DraftLine("VTS0014", "sáng 1 viên, tối 1 viên"),), days=10)
     assert "days" in caught.value.fields
-    prescription = prescribe(session, visit, doctor, (DraftLine("VTS0014", "sáng 1 viên, tối 1 viên"),), days=7)
+    prescription = prescribe(
+        session, visit, doctor, (DraftLine("VTS0014", "sáng 1 viên, tối 1 viên"),), days=7
+    )
     assert prescription.code.endswith("-N")
     with pytest.raises(ValidationFailed) as caught:
-        prescribe(session, visit, doctor, (DraftLine("VTS0014", "tối 1 viên"), DraftLine("VTS0001", "tối 1 viên")))
+        prescribe(
+            session, visit, doctor, (DraftLine("VTS0014", "tối 1 viên"), DraftLine("VTS0001", "tối 1 viên"))
+        )
     assert "lines" in caught.value.fields
 
 
 def test_bad_lines_are_named(session: Session, make_visit: Callable[..., Visit], doctor: User) -> None:
     visit = make_visit()
     with pytest.raises(ValidationFailed) as caught:
-        prescribe(session, visit, doctor, (DraftLine("NOPE", "sáng 1 viên"), DraftLine("VTS0001", "khi đau")), days=60)
+        prescribe(
+            session,
+            visit,
+            doctor,
+            (DraftLine("NOPE", "sáng 1 viên"), DraftLine("VTS0001", "khi đau")),
+            days=60,
+        )
     assert set(caught.value.fields) == {"lines.1.drug", "lines.2.dosage", "days"}
 
 
-def test_child_without_weight_is_refused(session: Session, make_visit: Callable[..., Visit], doctor: User) -> None:
+def test_child_without_weight_is_refused(
+    session: Session, make_visit: Callable[..., Visit], doctor: User
+) -> None:
     visit = make_visit(birth_date=date(TODAY.year - 3, 1, 1), name="Bé Na")
     lines = (DraftLine("VTS0003", "ngày 3 lần, mỗi lần 5 ml"),)
     with pytest.raises(ValidationFailed) as caught:
         prescribe(session, visit, doctor, lines, days=3)
     assert {"weight", "guardian_name"} <= set(caught.value.fields)
-    prescription = prescribe(session, visit, doctor, lines, days=3, weight_kg=Decimal(14), guardian_name="Nguyễn Thị Mẹ")
+    prescription = prescribe(
+        session, visit, doctor, lines, days=3, weight_kg=Decimal(14), guardian_name="Nguyễn Thị Mẹ"
+    )
     assert prescription.weight_kg == Decimal(14)
 
 
@@ -90,7 +120,9 @@ def _signed(session: Session, visit: Visit, doctor: User) -> signatures.Signatur
     prescription = prescribe(session, visit, doctor, WARFARIN_ASPIRIN)
     _plan = services.replan(session, prescription, on=TODAY)
     reasons = {w.key: "Rung nhĩ, đã cân nhắc nguy cơ chảy máu" for w in _plan.warnings}
-    return signatures.sign_encounter(session, visit.encounter_id, actor_of(doctor), overrides=reasons, secret=SECRET, on=TODAY)
+    return signatures.sign_encounter(
+        session, visit.encounter_id, actor_of(doctor), overrides=reasons, secret=SECRET, on=TODAY
+    )
 
 
 def test_signing_is_refused_until_every_warning_has_a_reason(
@@ -100,18 +132,29 @@ def test_signing_is_refused_until_every_warning_has_a_reason(
     services.add_diagnosis(session, visit.encounter_id, "I48", actor_of(doctor))
     prescribe(session, visit, doctor, WARFARIN_ASPIRIN)
     with pytest.raises(OverrideRequired) as caught:
-        signatures.sign_encounter(session, visit.encounter_id, actor_of(doctor), overrides={}, secret=SECRET, on=TODAY)
+        signatures.sign_encounter(
+            session, visit.encounter_id, actor_of(doctor), overrides={}, secret=SECRET, on=TODAY
+        )
     (key,) = caught.value.fields
-    assert key == "interaction:VTS0010+VTS0012" and "chảy máu" in caught.value.fields[key]
+    assert key == "interaction:VTS0010+VTS0012"
+    assert "chảy máu" in caught.value.fields[key]
     with pytest.raises(OverrideRequired):
-        signatures.sign_encounter(session, visit.encounter_id, actor_of(doctor), overrides={key: " "}, secret=SECRET, on=TODAY)
+        signatures.sign_encounter(
+            session, visit.encounter_id, actor_of(doctor), overrides={key: " "}, secret=SECRET, on=TODAY
+        )
     signature = signatures.sign_encounter(
-        session, visit.encounter_id, actor_of(doctor), overrides={key: "Rung nhĩ, theo dõi INR"}, secret=SECRET, on=TODAY
+        session,
+        visit.encounter_id,
+        actor_of(doctor),
+        overrides={key: "Rung nhĩ, theo dõi INR"},
+        secret=SECRET,
+        on=TODAY,
     )
     issue = next(t for t in signature.targets if t.startswith("DetectedIssue/"))
     stored = store.read(session, "DetectedIssue", issue.split("/")[1]).resource
     assert stored["mitigation"][0]["action"]["text"] == "Rung nhĩ, theo dõi INR"
-    assert stored["code"]["coding"][0]["code"] == "DRG" and stored["severity"] == "high"
+    assert stored["code"]["coding"][0]["code"] == "DRG"
+    assert stored["severity"] == "high"
     assert len(stored["implicated"]) == 2
 
 
@@ -123,7 +166,8 @@ def test_signature_is_a_verifiable_provenance_over_exact_versions(
     provenance = store.read(session, "Provenance", signature.provenance_id).resource
     assert provenance["signature"][0]["sigFormat"] == "application/jose"
     jws = base64.b64decode(provenance["signature"][0]["data"]).decode()
-    assert jws.count(".") == 2 and ".." in jws
+    assert jws.count(".") == 2
+    assert ".." in jws
     kinds = {t.split("/")[0] for t in signature.targets}
     assert {"Encounter", "Condition", "MedicationRequest", "DetectedIssue"} <= kinds
     assert all("/_history/" in t for t in signature.targets)
@@ -138,28 +182,36 @@ def test_signature_is_a_verifiable_provenance_over_exact_versions(
     assert {m.resource["status"] for m in requests.matches} == {"active"}
 
 
-def test_private_keys_are_encrypted_at_rest(session: Session, make_visit: Callable[..., Visit], doctor: User) -> None:
+def test_private_keys_are_encrypted_at_rest(
+    session: Session, make_visit: Callable[..., Visit], doctor: User
+) -> None:
     _signed(session, make_visit(), doctor)
     rows = session.scalars(select(SigningKey)).all()
     assert {r.kind for r in rows} == {"ca", "signer"}
     for row in rows:
-        assert b"PRIVATE KEY" not in row.encrypted_key and len(row.encrypted_key) > 100
+        assert b"PRIVATE KEY" not in row.encrypted_key
+        assert len(row.encrypted_key) > 100
     from his.records.signing import private_key_of
 
     with pytest.raises(ValidationFailed):
         private_key_of(rows[0], "another-secret-entirely-000000000000")
 
 
-def test_a_signed_record_refuses_edits(session: Session, make_visit: Callable[..., Visit], doctor: User) -> None:
+def test_a_signed_record_refuses_edits(
+    session: Session, make_visit: Callable[..., Visit], doctor: User
+) -> None:
     visit = make_visit()
     _signed(session, visit, doctor)
     with pytest.raises(Conflict) as caught:
         services.add_diagnosis(session, visit.encounter_id, "I10", actor_of(doctor))
-    assert caught.value.code == "RECORD_SIGNED" and "amend" in caught.value.extra
+    assert caught.value.code == "RECORD_SIGNED"
+    assert "amend" in caught.value.extra
     with pytest.raises(Conflict):
         prescribe(session, visit, doctor, (DraftLine("VTS0001", "tối 1 viên"),))
     with pytest.raises(Conflict):
-        signatures.sign_encounter(session, visit.encounter_id, actor_of(doctor), overrides={}, secret=SECRET, on=TODAY)
+        signatures.sign_encounter(
+            session, visit.encounter_id, actor_of(doctor), overrides={}, secret=SECRET, on=TODAY
+        )
 
 
 def test_tampering_in_the_database_is_found_and_named(
@@ -193,7 +245,9 @@ def test_a_later_version_without_amendment_is_reported(
     encounter["status"] = "cancelled"
     store.update(session, "Encounter", visit.encounter_id, encounter)
     report = signatures.verify(session, signature)
-    assert [p.message for p in report.problems] == ["A newer version was written without an amendment signature."]
+    assert [p.message for p in report.problems] == [
+        "A newer version was written without an amendment signature."
+    ]
     assert report.problems[0].reference.startswith(f"Encounter/{visit.encounter_id}/_history/")
 
 
@@ -208,13 +262,16 @@ def test_amendment_is_a_new_signed_version_naming_the_old_one(
     note["section"][0]["text"]["div"] = '<div xmlns="http://www.w3.org/1999/xhtml">Hồi hộp, khó thở</div>'
     with pytest.raises(ValidationFailed):
         signatures.amend(session, visit.encounter_id, note, actor_of(doctor), reason="", secret=SECRET)
-    amendment = signatures.amend(session, visit.encounter_id, note, actor_of(doctor), reason="Bổ sung triệu chứng", secret=SECRET)
+    amendment = signatures.amend(
+        session, visit.encounter_id, note, actor_of(doctor), reason="Bổ sung triệu chứng", secret=SECRET
+    )
     provenance = store.read(session, "Provenance", amendment.provenance_id).resource
     assert provenance["entity"][0]["what"]["reference"] == note_ref
     assert provenance["reason"][0]["text"] == "Bổ sung triệu chứng"
     assert signatures.verify(session, amendment).valid
     report = signatures.verify(session, original)
-    assert report.valid and report.amended_by == [amendment.targets[0]]
+    assert report.valid
+    assert report.amended_by == [amendment.targets[0]]
     request = next(t for t in original.targets if t.startswith("MedicationRequest/"))
     mr = store.read(session, "MedicationRequest", request.split("/")[1]).resource
     with pytest.raises(Conflict):
@@ -231,10 +288,16 @@ def test_verify_command_reports_valid_and_tampered_records(
     runner = app.test_cli_runner()
     result = runner.invoke(args=["verify", code.lower()])
     assert result.exit_code == 0, result.output
-    assert "VALID" in result.output and signature.provenance_id in result.output
-    session.execute(text("UPDATE fhir_resource_history SET content = replace(content, '\"tối 1 viên\"', '\"tối 3 viên\"') WHERE res_type = 'MedicationRequest'"))
+    assert "VALID" in result.output
+    assert signature.provenance_id in result.output
+    session.execute(
+        text(
+            "UPDATE fhir_resource_history SET content = replace(content, '\"tối 1 viên\"', '\"tối 3 viên\"') WHERE res_type = 'MedicationRequest'"
+        )
+    )
     session.commit()
     result = runner.invoke(args=["verify", visit.encounter_id])
     assert result.exit_code == 1
-    assert "INVALID" in result.output and "dosageInstruction[0].text" in result.output
+    assert "INVALID" in result.output
+    assert "dosageInstruction[0].text" in result.output
     assert runner.invoke(args=["verify", "nothing-like-this"]).exit_code == 2

@@ -1,0 +1,233 @@
+"""The doctor's and the pharmacist's pages, through real requests with sessions and CSRF."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import select
+
+from fhir import services as store
+from his import audit
+from his.db import get_database
+from his.models import AuditRecord, User
+from his.records.models import Prescription
+from tests.conftest import csrf_token, login
+
+from .conftest import Visit
+
+
+@pytest.fixture
+def doctor(make_user: Callable[..., User]) -> User:
+    return make_user("doctor", username="bsminh", full_name="Lê Văn Minh")
+
+
+def post(client: FlaskClient, path: str, data: dict[str, object], page: str) -> object:
+    return client.post(path, data={**data, "csrf_token": csrf_token(client, page)})
+
+
+def test_worklist_opens_the_encounter(
+    client: FlaskClient, make_visit: Callable[..., Visit], doctor: User
+) -> None:
+    visit = make_visit(name="Phạm Thị Hồng", queue=4)
+    login(client, "bsminh")
+    page = client.get("/records/").get_data(as_text=True)
+    assert "Phạm Thị Hồng" in page
+    link = f"/records/encounters/{visit.encounter_id}"
+    assert link in page
+    opened = client.get(link)
+    assert opened.status_code == 200
+    assert "Phạm Thị Hồng" in opened.get_data(as_text=True)
+
+
+def _prescribe_interacting(client: FlaskClient, visit: Visit) -> str:
+    base = f"/records/encounters/{visit.encounter_id}"
+    assert (
+        post(
+            client,
+            f"{base}/vitals",
+            {"systolic": "150", "diastolic": "90", "pulse": "88", "weight": "65", "height": "160"},
+            base,
+        ).status_code
+        == 303
+    )
+    assert post(client, f"{base}/diagnoses", {"icd10": "I48"}, base).status_code == 303
+    response = post(
+        client,
+        f"{base}/prescription",
+        {
+            "drug": ["VTS0012", "VTS0010"],
+            "dosage": ["tối 1 viên", "sáng 1 viên"],
+            "line_note": ["", "sau ăn"],
+            "days": "10",
+        },
+        base,
+    )
+    assert response.status_code == 303
+    return base
+
+
+def test_doctor_prescribes_sees_the_warning_overrides_and_signs(
+    client: FlaskClient, make_visit: Callable[..., Visit], doctor: User
+) -> None:
+    visit = make_visit()
+    login(
+        client,
+        "bsminh",
+    )
+    base = _prescribe_interacting(client, visit)
+    page = client.get(base).get_data(as_text=True)
+    assert 'data-testid="warning"' in page
+    assert "chảy máu" in page
+    code = re.search(r'data-testid="prescription-code">([^<]+)<', page).group(1)
+    key = re.search(r'name="reason:([^"]+)"', page).group(1)
+    refused = post(client, f"{base}/sign", {f"reason:{key}": ""}, base)
+    assert refused.status_code == 422
+    assert "A reason is required" in refused.get_data(as_text=True) or "Cần" in refused.get_data(as_text=True)
+    signed = post(client, f"{base}/sign", {f"reason:{key}": "Rung nhĩ, INR ổn định"}, base)
+    assert signed.status_code == 303
+    page = client.get(signed.headers["Location"]).get_data(as_text=True)
+    assert 'data-testid="signed-badge"' in page
+    assert 'data-testid="prescription-qr"' in page
+    again = post(client, f"{base}/diagnoses", {"icd10": "I10"}, base)
+    assert again.status_code == 409
+    verification = client.get(f"/api/v1/records/verify/{code.lower()}").get_json()
+    assert verification["valid"] is True
+    qr = client.get(f"/records/prescriptions/{code}/qr.svg")
+    assert qr.status_code == 200
+    assert qr.mimetype == "image/svg+xml"
+
+
+def test_bad_prescription_input_is_named_and_nothing_is_saved(
+    app: Flask, client: FlaskClient, make_visit: Callable[..., Visit], doctor: User
+) -> None:
+    visit = make_visit()
+    login(client, "bsminh")
+    base = f"/records/encounters/{visit.encounter_id}"
+    response = post(
+        client,
+        f"{base}/prescription",
+        {"drug": ["XX999", "VTS0001"], "dosage": ["sáng 1 viên", "sáng 1 viên"], "days": "60"},
+        base,
+    )
+    assert response.status_code == 422
+    body = response.get_data(as_text=True)
+    assert 'data-field="lines.1.drug"' in body
+    assert 'data-field="days"' in body
+    with get_database(app).session_scope() as db:
+        assert db.scalar(select(Prescription.id)) is None
+
+
+def test_a_doctor_of_another_site_gets_403_and_is_audited(
+    app: Flask, client: FlaskClient, make_visit: Callable[..., Visit], make_user: Callable[..., User]
+) -> None:
+    visit = make_visit()
+    make_user("doctor", username="bstw", site="CENT")
+    login(client, "bstw")
+    assert client.get(f"/records/encounters/{visit.encounter_id}").status_code == 403
+    base = f"/records/encounters/{visit.encounter_id}"
+    assert (
+        client.post(
+            f"{base}/diagnoses", data={"icd10": "I10", "csrf_token": csrf_token(client, "/")}
+        ).status_code
+        == 403
+    )
+    with app.app_context():
+        audit.flush()
+    with get_database(app).session_scope() as db:
+        denied = db.scalars(
+            select(AuditRecord).where(
+                AuditRecord.outcome == "denied", AuditRecord.patient_id == visit.patient_id
+            )
+        ).all()
+        assert len(denied) == 2
+        assert {d.username for d in denied} == {"bstw"}
+        assert store.search(db, "Condition", [("patient", f"Patient/{visit.patient_id}")]).matches == []
+
+
+def _signed_code(client: FlaskClient, visit: Visit) -> str:
+    base = _prescribe_interacting(client, visit)
+    page = client.get(base).get_data(as_text=True)
+    key = re.search(r'name="reason:([^"]+)"', page).group(1)
+    post(client, f"{base}/sign", {f"reason:{key}": "Đã cân nhắc"}, base)
+    return re.search(
+        r'data-testid="prescription-code">([^<]+)<', client.get(base).get_data(as_text=True)
+    ).group(1)
+
+
+def test_pharmacist_finds_by_code_or_qr_and_dispenses_partly_then_fully(
+    app: Flask,
+    client: FlaskClient,
+    make_visit: Callable[..., Visit],
+    doctor: User,
+    make_user: Callable[..., User],
+) -> None:
+    visit = make_visit()
+    login(client, "bsminh")
+    code = _signed_code(client, visit)
+    with app.app_context(), get_database(app).session_scope() as db:
+        from his.records.pharmacy import qr_text
+
+        prescription = db.scalar(select(Prescription).where(Prescription.code == code))
+        qr = qr_text(db, prescription, app.config["SECRET_KEY"])
+    pharmacist = client.application.test_client()
+    make_user("pharmacist", username="dshà")
+    login(pharmacist, "dshà")
+    found = pharmacist.get("/pharmacy/", query_string={"q": code.lower()})
+    assert found.status_code == 302
+    assert found.headers["Location"].endswith(f"/pharmacy/prescriptions/{code}")
+    by_qr = pharmacist.get("/pharmacy/", query_string={"q": qr})
+    assert by_qr.status_code == 302
+    forged = qr[:-6] + ("AAAAAA" if not qr.endswith("AAAAAA") else "BBBBBB")
+    refused = pharmacist.get("/pharmacy/", query_string={"q": forged})
+    assert refused.status_code == 409
+    assert "forged" in refused.get_data(as_text=True)
+    page = pharmacist.get(f"/pharmacy/prescriptions/{code}").get_data(as_text=True)
+    assert 'data-valid="yes"' in page
+    assert 'data-expired="no"' in page
+    items = re.findall(r'name="qty:(\d+)"', page)
+    assert len(items) == 2
+    warfarin, aspirin = items
+    path = f"/pharmacy/prescriptions/{code}/dispense"
+    partly = pharmacist.post(
+        path,
+        data={
+            f"qty:{warfarin}": "4",
+            "csrf_token": csrf_token(pharmacist, f"/pharmacy/prescriptions/{code}"),
+        },
+    )
+    assert partly.status_code == 303
+    page = pharmacist.get(f"/pharmacy/prescriptions/{code}").get_data(as_text=True)
+    assert "Partly dispensed" in page or "Đã phát một phần" in page
+    too_much = pharmacist.post(
+        path,
+        data={
+            f"qty:{warfarin}": "7",
+            "csrf_token": csrf_token(pharmacist, f"/pharmacy/prescriptions/{code}"),
+        },
+    )
+    assert too_much.status_code == 409
+    rest = pharmacist.post(
+        path,
+        data={
+            f"qty:{warfarin}": "6",
+            f"qty:{aspirin}": "10",
+            "csrf_token": csrf_token(pharmacist, f"/pharmacy/prescriptions/{code}"),
+        },
+    )
+    assert rest.status_code == 303
+    page = pharmacist.get(f"/pharmacy/prescriptions/{code}").get_data(as_text=True)
+    assert 'data-testid="dispense"' not in page
+    again = pharmacist.post(
+        path,
+        data={f"qty:{aspirin}": "1", "csrf_token": csrf_token(pharmacist, f"/pharmacy/prescriptions/{code}")},
+    )
+    assert again.status_code == 409
+    with get_database(app).session_scope() as db:
+        dispenses = store.search(
+            db, "MedicationDispense", [("patient", f"Patient/{visit.patient_id}")]
+        ).matches
+        assert sorted(d.resource["quantity"]["value"] for d in dispenses) == [4, 6, 10]
