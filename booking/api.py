@@ -524,7 +524,7 @@ def run_console(session_id: int, action: str) -> Response:
     return jsonify(queue_state(clinic_session))
 
 
-CONSOLE_DOC = {
+CONSOLE_DOC: dict[str, Any] = {
     "tags": ["queue"],
     "responses": {200: QUEUE_SCHEMA, 401: None, 403: None, 404: None, 409: None},
 }

@@ -172,15 +172,16 @@ def _send_email(smtp: smtplib.SMTP, sender: str, message: Notification) -> None:
 
 
 def _send_webhook(channels: Channels, message: Notification) -> None:
+    body: dict[str, Any] = {
+        "id": message.dedupe_key,
+        "to": message.recipient,
+        "text": message.body,
+        "kind": message.kind,
+        **message.payload,
+    }
     response = requests.post(
         channels.webhook_url,
-        json={
-            "id": message.dedupe_key,
-            "to": message.recipient,
-            "text": message.body,
-            "kind": message.kind,
-            **message.payload,
-        },
+        json=body,
         headers={"Idempotency-Key": message.dedupe_key},
         timeout=channels.timeout,
     )

@@ -16,10 +16,10 @@ import hmac
 import re
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
-from typing import Any
+from typing import Any, cast
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Table, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -45,7 +45,7 @@ from his.models import Site, User
 from his.policy import grant_site_access
 
 SORT_SPACING = 1000
-COUNTER_TABLE = SessionCounter.__table__
+COUNTER_TABLE = cast(Table, SessionCounter.__table__)
 
 
 class SessionFull(Conflict):
