@@ -24,6 +24,7 @@ from his.i18n import local_zone
 from his.models import Site
 from his.navigation import add_nav_item
 from his.policy import ensure_patient_access
+from his.records import jobs as _jobs  # noqa: F401 - registers the outbox job
 from his.records import pharmacy, services, signatures
 from his.records.catalogue import search_icd10
 from his.records.models import Prescription, Signature
