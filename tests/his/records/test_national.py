@@ -128,8 +128,10 @@ def signed(
 
 def test_signing_queues_the_national_payload(signed: OutboxMessage) -> None:
     payload = signed.payload
-    assert payload["loai_don_thuoc"] == "C" and payload["ma_don_thuoc"].endswith("-C")
-    assert payload["ho_ten_benh_nhan"] == "Đỗ Thị Hạnh" and payload["gioi_tinh"] == 2
+    assert payload["loai_don_thuoc"] == "C"
+    assert payload["ma_don_thuoc"].endswith("-C")
+    assert payload["ho_ten_benh_nhan"] == "Đỗ Thị Hạnh"
+    assert payload["gioi_tinh"] == 2
     assert payload["ngay_sinh_benh_nhan"] == "14/03/1975"
     assert payload["chan_doan"] == [{"ma_chan_doan": "J02.9", "ten_chan_doan": "Viêm họng cấp"}]
     drugs = payload["thong_tin_don_thuoc"]
@@ -138,8 +140,10 @@ def test_signing_queues_the_national_payload(signed: OutboxMessage) -> None:
         ("VTS0001", 10, "viên"),
     ]
     assert drugs[1]["cach_dung"] == "sáng 1 viên, tối 1 viên Khi sốt"
-    assert payload["loi_dan"] == "Uống nhiều nước" and payload["ngay_tai_kham"]
-    assert len(payload["ngay_gio_ke_don"]) == 19 and payload["signature"]
+    assert payload["loi_dan"] == "Uống nhiều nước"
+    assert payload["ngay_tai_kham"]
+    assert len(payload["ngay_gio_ke_don"]) == 19
+    assert payload["signature"]
     assert signed.status == "pending"
 
 
@@ -148,9 +152,8 @@ def test_a_sent_prescription_is_marked_sent_once(
 ) -> None:
     (result,) = send_pending(session, national.url)
     assert result.status == "sent"
-    assert (
-        len(national.received) == 1 and national.received[0]["ma_don_thuoc"] == signed.payload["ma_don_thuoc"]
-    )
+    assert len(national.received) == 1
+    assert national.received[0]["ma_don_thuoc"] == signed.payload["ma_don_thuoc"]
     assert send_pending(session, national.url, now=utcnow() + timedelta(hours=1)) == []
     assert session.get(OutboxMessage, signed.id).response["trang_thai"] == "đã nhận"
 
@@ -171,14 +174,16 @@ def test_timeouts_and_outages_are_retried_with_backoff(
 ) -> None:
     national.mode = "slow"
     (first,) = send_pending(session, national.url, timeout=0.2)
-    assert first.status == "retry" and "Timeout" in first.detail
+    assert first.status == "retry"
+    assert "Timeout" in first.detail
     message = session.get(OutboxMessage, signed.id)
     assert message.attempts == 1
     assert send_pending(session, national.url, timeout=0.2) == []  # not due yet
     national.mode = "down"
     later = utcnow() + backoff(1) + timedelta(seconds=1)
     (second,) = send_pending(session, national.url, now=later)
-    assert second.status == "retry" and second.detail == "HTTP 503"
+    assert second.status == "retry"
+    assert second.detail == "HTTP 503"
     national.mode = "ok"
     (third,) = send_pending(session, national.url, now=later + backoff(2) + timedelta(seconds=1))
     assert third.status == "sent"
