@@ -12,7 +12,7 @@ from billing.charges import record_charge
 from billing.coverage import CardEntry, register_card
 from billing.invoices import Facility, UnpricedCharges, open_invoice
 from billing.models import Invoice
-from billing.payments import record_desk_payment
+from billing.payments import InvalidPayment, record_desk_payment, whole_dong
 from billing.vietqr import parse_payload
 from fhir import services as store
 from his.db import get_database
@@ -176,12 +176,18 @@ def test_cash_and_card_at_the_desk_settle_the_invoice(app, bank, cashier, billed
     assert fhir_invoice["status"] == "balanced"
 
 
-@pytest.mark.parametrize("amount", ["-5000", "1000.5", "0", "abc"])
-def test_a_negative_or_fractional_amount_is_refused(app, billed_visit, amount):
-    from billing.payments import InvalidPayment
+@pytest.mark.parametrize("amount", ["-5000", "1000.5", "0", "abc", "", 1.5, None, True])
+def test_a_negative_or_fractional_amount_is_not_money(amount):
+    with pytest.raises(InvalidPayment) as caught:
+        whole_dong(amount, "amount")
+    assert "amount" in caught.value.fields
 
+
+def test_a_fractional_desk_payment_changes_nothing(app, billed_visit):
     with get_database(app).session_scope() as session, pytest.raises(InvalidPayment):
-        record_desk_payment(session, billed_visit, channel="cash", amount=amount, cashier="thungan")
+        record_desk_payment(session, billed_visit, channel="cash", amount="1000.5", cashier="thungan")
+    with get_database(app).session_scope() as session:
+        assert session.get(Invoice, billed_visit).amount_paid == 0
 
 
 def test_the_cashier_adds_and_voids_charges_with_a_reason(app, bank, cashier, billed_visit, encounter):

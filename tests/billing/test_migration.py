@@ -12,8 +12,18 @@ from his.cli import alembic_config, upgrade_database
 from his.db import make_engine
 from his.models_registry import metadata
 
+BILLING_TABLES = (
+    "billing_prices",
+    "billing_charges",
+    "billing_coverages",
+    "billing_invoices",
+    "billing_invoice_lines",
+    "billing_payments",
+    "billing_bank_notifications",
+)
 
-def test_the_price_table_matches_the_model_and_downgrades(tmp_path: Path) -> None:
+
+def test_the_billing_tables_match_the_models_and_downgrade(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'migrated.sqlite3'}"
     upgrade_database(url)
     engine = make_engine(url)
@@ -21,10 +31,10 @@ def test_the_price_table_matches_the_model_and_downgrades(tmp_path: Path) -> Non
         with engine.connect() as conn:
             context = MigrationContext.configure(conn, opts={"compare_type": True})
             differences = [d for d in compare_metadata(context, metadata) if "billing_" in repr(d)]
-            assert "billing_prices" in conn.dialect.get_table_names(conn)
+            assert set(BILLING_TABLES) <= set(conn.dialect.get_table_names(conn))
         assert differences == []
         command.downgrade(alembic_config(url), "billing@base")
         with engine.connect() as conn:
-            assert "billing_prices" not in conn.dialect.get_table_names(conn)
+            assert not set(BILLING_TABLES) & set(conn.dialect.get_table_names(conn))
     finally:
         engine.dispose()
