@@ -560,3 +560,42 @@ def api_skip(session_id: int) -> Response:
 def api_done(session_id: int) -> Response:
     """Finish the number being served."""
     return run_console(session_id, "done")
+
+
+@bp.post("/api/v1/bookings/<int:booking_id>/survey")
+@roles_required("patient")
+@scope_required("QuestionnaireResponse", "write")
+@api_doc(
+    "Answer the after-visit satisfaction survey (stored as a QuestionnaireResponse)",
+    tags=["booking"],
+    request={
+        "type": "object",
+        "required": ["overall"],
+        "properties": {
+            "overall": {"type": "integer", "minimum": 1, "maximum": 5},
+            "waiting_ok": {"type": "boolean"},
+            "comment": {"type": "string", "maxLength": 2000},
+        },
+    },
+    responses={201: {"type": "object"}, 401: None, 404: None, 409: None, 422: None},
+)
+def api_survey(booking_id: int) -> tuple[Response, int]:
+    """Record the survey answers of a visit that is done."""
+    booking = visible_booking(current_principal(), booking_id)
+    body = json_body()
+    overall = body.get("overall")
+    waiting_ok = body.get("waiting_ok")
+    comment = body.get("comment") or ""
+    if isinstance(overall, bool) or not isinstance(overall, int):
+        raise ValidationFailed(
+            N_("Some fields are not valid."), fields={"overall": N_("Choose a score from 1 to 5.")}
+        )
+    if (waiting_ok is not None and not isinstance(waiting_ok, bool)) or not isinstance(comment, str):
+        raise ValidationFailed(
+            N_("Some fields are not valid."), fields={"waiting_ok": N_("Say true or false.")}
+        )
+    response_id = services.submit_survey(
+        get_session(), booking, overall=overall, waiting_ok=waiting_ok, comment=comment
+    )
+    audit.record("create", "QuestionnaireResponse", response_id, patient_id=booking.patient_id)
+    return jsonify(id=response_id, fhir=f"/fhir/R4/QuestionnaireResponse/{response_id}"), 201

@@ -186,3 +186,59 @@ def encounter(
     if organization_id:
         resource["serviceProvider"] = {"reference": f"Organization/{organization_id}"}
     return resource
+
+
+SATISFACTION_QUESTIONNAIRE_URL = "urn:vetinh:booking:questionnaire:satisfaction"
+
+
+def satisfaction_questionnaire() -> dict[str, Any]:
+    """Describe the short after-visit survey (in Vietnamese) as a Questionnaire."""
+    return {
+        "resourceType": "Questionnaire",
+        "url": SATISFACTION_QUESTIONNAIRE_URL,
+        "version": "1",
+        "name": "KhaoSatHaiLong",
+        "title": "Khảo sát mức độ hài lòng sau khám",
+        "status": "active",
+        "language": "vi",
+        "subjectType": ["Patient"],
+        "item": [
+            {
+                "linkId": "overall",
+                "text": "Anh/chị hài lòng với lần khám này ở mức nào (1 = rất không hài lòng, 5 = rất hài lòng)?",
+                "type": "integer",
+                "required": True,
+            },
+            {"linkId": "waiting", "text": "Thời gian chờ có hợp lý không?", "type": "boolean"},
+            {"linkId": "comment", "text": "Góp ý của anh/chị", "type": "text"},
+        ],
+    }
+
+
+def satisfaction_response(
+    *,
+    patient_id: str,
+    encounter_id: str | None,
+    authored: datetime,
+    overall: int,
+    waiting_ok: bool | None,
+    comment: str,
+) -> dict[str, Any]:
+    """Describe a patient's survey answers as a QuestionnaireResponse."""
+    items: list[dict[str, Any]] = [{"linkId": "overall", "answer": [{"valueInteger": overall}]}]
+    if waiting_ok is not None:
+        items.append({"linkId": "waiting", "answer": [{"valueBoolean": waiting_ok}]})
+    if comment:
+        items.append({"linkId": "comment", "answer": [{"valueString": comment}]})
+    resource: dict[str, Any] = {
+        "resourceType": "QuestionnaireResponse",
+        "questionnaire": f"{SATISFACTION_QUESTIONNAIRE_URL}|1",
+        "status": "completed",
+        "subject": {"reference": f"Patient/{patient_id}"},
+        "authored": instant(authored),
+        "item": items,
+        "source": {"reference": f"Patient/{patient_id}"},
+    }
+    if encounter_id:
+        resource["encounter"] = {"reference": f"Encounter/{encounter_id}"}
+    return resource

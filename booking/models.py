@@ -198,6 +198,8 @@ class Booking(Base):
     checked_in_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     called_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     done_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    satisfaction: Mapped[int | None] = mapped_column(Integer)
+    survey_response_id: Mapped[str | None] = mapped_column(String(64))
 
     session: Mapped[ClinicSession] = relationship(lazy="joined")
 

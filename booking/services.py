@@ -1155,3 +1155,118 @@ def release_no_shows(session: Session, *, now: datetime | None = None) -> int:
         released += 1
     session.flush()
     return released
+
+
+# --- satisfaction and reports -------------------------------------------------------------------
+
+
+def ensure_questionnaire(session: Session) -> str:
+    """Store the satisfaction Questionnaire once; return its id."""
+    stored = store.create(
+        session,
+        fhir_mapping.satisfaction_questionnaire(),
+        if_none_exist=f"url={fhir_mapping.SATISFACTION_QUESTIONNAIRE_URL}",
+    )
+    return stored.id
+
+
+def submit_survey(
+    session: Session,
+    booking: Booking,
+    *,
+    overall: int,
+    waiting_ok: bool | None,
+    comment: str,
+    now: datetime | None = None,
+) -> str:
+    """Record a patient's after-visit answers as a QuestionnaireResponse; return its id.
+
+    Raises ValidationFailed (score outside 1–5, comment too long) and Conflict (SURVEY_NOT_OPEN
+    before the visit is done, SURVEY_DONE when already answered).
+    """
+    now = now or utcnow()
+    errors: dict[str, str] = {}
+    if not 1 <= overall <= 5:
+        errors["overall"] = N_("Choose a score from 1 to 5.")
+    if len(comment) > 2000:
+        errors["comment"] = N_("Keep the comment under 2000 characters.")
+    if errors:
+        raise ValidationFailed(N_("Some fields are not valid."), fields=errors)
+    if booking.status != "done":
+        raise Conflict(N_("The survey opens after the visit."), code="SURVEY_NOT_OPEN")
+    if booking.survey_response_id:
+        raise Conflict(N_("You already answered the survey for this visit."), code="SURVEY_DONE")
+    ensure_questionnaire(session)
+    stored = store.create(
+        session,
+        fhir_mapping.satisfaction_response(
+            patient_id=booking.patient_id,
+            encounter_id=booking.encounter_id,
+            authored=now,
+            overall=overall,
+            waiting_ok=waiting_ok,
+            comment=comment.strip(),
+        ),
+    )
+    booking.survey_response_id = stored.id
+    booking.satisfaction = overall
+    session.flush()
+    return stored.id
+
+
+@dataclass(frozen=True)
+class ClinicDayFigures:
+    """What a manager sees for one clinic on one day."""
+
+    clinic: str
+    booked: int
+    seen: int
+    no_shows: int
+    wait_minutes: float | None
+    service_minutes: float | None
+    satisfaction: float | None
+    answers: int
+
+
+def _mean(values: list[float]) -> float | None:
+    return round(sum(values) / len(values), 1) if values else None
+
+
+def clinic_day_report(session: Session, site_id: int, day: date) -> list[ClinicDayFigures]:
+    """Sum up a site's clinics on a day: numbers, no-shows, waiting (check-in → call) and service times, satisfaction."""
+    rows = session.execute(
+        select(Clinic.name, Booking)
+        .join(ClinicSession, ClinicSession.id == Booking.session_id)
+        .join(Clinic, Clinic.id == ClinicSession.clinic_id)
+        .where(Clinic.site_id == site_id, ClinicSession.day == day, Booking.status != "cancelled")
+        .order_by(Clinic.name)
+    ).all()
+    by_clinic: dict[str, list[Booking]] = {}
+    for name, booking in rows:
+        by_clinic.setdefault(name, []).append(booking)
+    report = []
+    for name, bookings in by_clinic.items():
+        waits = [
+            (_aware(b.called_at) - _aware(b.checked_in_at)).total_seconds() / 60
+            for b in bookings
+            if b.called_at and b.checked_in_at
+        ]
+        services_ = [
+            (_aware(b.done_at) - _aware(b.called_at)).total_seconds() / 60
+            for b in bookings
+            if b.done_at and b.called_at
+        ]
+        scores = [float(b.satisfaction) for b in bookings if b.satisfaction]
+        report.append(
+            ClinicDayFigures(
+                clinic=name,
+                booked=len(bookings),
+                seen=sum(1 for b in bookings if b.status == "done"),
+                no_shows=sum(1 for b in bookings if b.status in ("no_show", "missed")),
+                wait_minutes=_mean(waits),
+                service_minutes=_mean(services_),
+                satisfaction=_mean(scores),
+                answers=len(scores),
+            )
+        )
+    return report

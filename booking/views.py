@@ -34,6 +34,7 @@ add_nav_item("booking.my_bookings", _l("My bookings"), {"patient"}, icon="ticket
 add_nav_item("booking.book", _l("Book a visit"), {"patient"}, icon="calendar", order=21)
 add_nav_item("booking.desk", _l("Reception desk"), {"receptionist", "nurse"}, icon="desk", order=20)
 add_nav_item("booking.console_list", _l("Doctor's console"), {"doctor", "nurse"}, icon="queue", order=21)
+add_nav_item("booking.reports", _l("Clinic report"), {"manager"}, icon="chart", order=30)
 add_nav_item(
     "booking.board_index",
     _l("Queue board"),
@@ -207,6 +208,45 @@ def cancel(booking_id: int) -> BaseResponse:
         audit.record("cancel", "Appointment", booking.appointment_id, patient_id=booking.patient_id)
         flash(_("The booking was cancelled."), "success")
     return _back("booking.booking_page", booking_id=booking_id)
+
+
+@bp.post("/booking/bookings/<int:booking_id>/survey")
+@roles_required("patient")
+def survey(booking_id: int) -> BaseResponse:
+    """Record the patient's answers to the after-visit survey."""
+    booking = api.visible_booking(current_principal(), booking_id)
+    form = request.form
+    waiting = form.get("waiting")
+    try:
+        services.submit_survey(
+            get_session(),
+            booking,
+            overall=int(form.get("overall") or 0),
+            waiting_ok=None if waiting is None else waiting == "yes",
+            comment=form.get("comment", ""),
+        )
+    except VetinhError as exc:
+        flash(_(exc.message), "error")
+    else:
+        audit.record(
+            "create", "QuestionnaireResponse", booking.survey_response_id, patient_id=booking.patient_id
+        )
+        flash(_("Thank you for your answers."), "success")
+    return _back("booking.booking_page", booking_id=booking_id)
+
+
+@bp.get("/booking/reports")
+@roles_required("manager")
+def reports() -> str:
+    """Show a manager the day per clinic: numbers, no-shows, waiting and service times, satisfaction."""
+    principal = current_principal()
+    try:
+        day = date.fromisoformat(request.args.get("date", "")) if request.args.get("date") else _today()
+    except ValueError:
+        day = _today()
+    rows = services.clinic_day_report(get_session(), principal.site_id or 0, day)
+    longest = max([r.wait_minutes or 0 for r in rows] + [r.service_minutes or 0 for r in rows] + [1.0])
+    return render_template("booking/reports.html", rows=rows, day=day, longest=longest)
 
 
 @bp.get("/booking/events")
