@@ -17,6 +17,8 @@
     navigatorPosition: "BOTTOM_RIGHT",
     showRotationControl: true,
     showFullPageControl: true,
+    navigatorAutoFade: false,
+    autoHideControls: false,
     maxZoomPixelRatio: 1,
     visibilityRatio: 0.5,
     gestureSettingsMouse: { clickToZoom: false, dblClickToZoom: true },
@@ -74,7 +76,8 @@
 
   function formatLength(um) {
     if (!config.calibrated) return um.toFixed(0) + " px";
-    return um >= 1000 ? (um / 1000).toFixed(3) + " mm" : um.toFixed(1) + " µm";
+    if (um >= 1000) return (um / 1000).toFixed(um >= 10000 ? 1 : 2) + " mm";
+    return um.toFixed(um >= 100 ? 0 : 1) + " µm";
   }
 
   function formatArea(um2) {
