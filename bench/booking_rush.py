@@ -1,0 +1,224 @@
+"""Measure the evening booking rush: patients competing for online queue numbers under gunicorn.
+
+Usage::
+
+    python bench/booking_rush.py --database postgresql://postgres@127.0.0.1:5432/postgres
+    python bench/booking_rush.py                      # SQLite in a temporary folder (smaller)
+
+By default 5,000 patients compete for 1,000 online numbers (10 clinics x 100) with 50
+concurrent clients, the way a window opening at 17:00 looks. Each request books through
+``POST /api/v1/bookings`` as a receptionist would, with its own Idempotency-Key. Prints
+successful bookings per second, p50/p99 latency, duplicates (must be 0) and lost bookings
+(must be 0: every 201 is in the database, and every number in the database was answered
+201). Target on a 2-core machine: >= 300 successful bookings/s, p99 < 250 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import queue
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from datetime import time as clock
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import requests
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fhir_ingest import database, serve
+
+TARGET_PER_SECOND = 300
+TARGET_P99_MS = 250
+ZONE = ZoneInfo("Asia/Ho_Chi_Minh")
+
+
+@dataclass
+class Setup:
+    token: str
+    session_ids: list[int]
+    patient_ids: list[str]
+
+
+@dataclass
+class Outcome:
+    latencies: list[float] = field(default_factory=list)
+    created: list[dict[str, object]] = field(default_factory=list)
+    statuses: Counter[int] = field(default_factory=Counter)
+    codes: Counter[str] = field(default_factory=Counter)
+    last_success: float = 0.0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def prepare(database_url: str, clinics: int, numbers: int, patients: int) -> Setup:
+    """Create a site, a receptionist with a token, the clinics' sessions today and the patients."""
+    from booking import services
+    from his.accounts import NewUser, create_user, issue_token
+    from his.db import Database
+    from his.models import Site
+    from his.patients import PatientDetails, create_patient
+
+    db = Database(database_url)
+    with db.session_scope() as session:
+        site = Site(code="DIST", name="Bệnh viện huyện", kind="district", facility_code="01234")
+        session.add(site)
+        session.flush()
+        user = create_user(
+            session,
+            NewUser(
+                username="bench.desk",
+                password=uuid.uuid4().hex,
+                full_name="Lễ tân",
+                role="receptionist",
+                site_code="DIST",
+            ),
+        )
+        token, _row = issue_token(session, user=user, scope="user/*.*", ttl_seconds=24 * 3600)
+        department = services.create_department(session, site, code="KB", name="Khoa Khám bệnh")
+        today = datetime.now(ZONE).date()
+        session_ids = []
+        for index in range(clinics):
+            clinic = services.create_clinic(
+                session,
+                department,
+                code=f"PK{index + 1}",
+                name=f"Phòng khám {index + 1}",
+                room=f"Phòng khám {index + 1}",
+                online_capacity=numbers,
+                walkin_capacity=20,
+            )
+            row = services.create_session(
+                session, clinic, day=today, part="morning", starts=clock(0, 0), ends=clock(23, 59), zone=ZONE
+            )
+            session_ids.append(row.id)
+    patient_ids: list[str] = []
+    for start in range(0, patients, 500):
+        with db.session_scope() as session:
+            patient_ids += [
+                create_patient(
+                    session, PatientDetails(f"Bệnh nhân {i}", date(2018, 1, 1), "female"), site_id=site.id
+                )
+                for i in range(start, min(patients, start + 500))
+            ]
+    db.dispose()
+    return Setup(token=token, session_ids=session_ids, patient_ids=patient_ids)
+
+
+def rush(url: str, setup: Setup, clients: int) -> tuple[Outcome, float]:
+    """Send one booking request per patient from ``clients`` threads; return what came back."""
+    work: queue.Queue[tuple[int, str]] = queue.Queue()
+    for index, patient_id in enumerate(setup.patient_ids):
+        work.put((setup.session_ids[index % len(setup.session_ids)], patient_id))
+    outcome = Outcome()
+    start = threading.Barrier(clients + 1)
+
+    def client() -> None:
+        http = requests.Session()
+        headers = {"Authorization": f"Bearer {setup.token}"}
+        start.wait()
+        while True:
+            try:
+                session_id, patient_id = work.get_nowait()
+            except queue.Empty:
+                return
+            began = time.perf_counter()
+            response = http.post(
+                f"{url}/api/v1/bookings",
+                json={"session_id": session_id, "patient_id": patient_id},
+                headers={**headers, "Idempotency-Key": uuid.uuid4().hex},
+                timeout=60,
+            )
+            ended = time.perf_counter()
+            body = response.json()
+            with outcome.lock:
+                outcome.latencies.append(ended - began)
+                outcome.statuses[response.status_code] += 1
+                if response.status_code == 201:
+                    outcome.created.append(body)
+                    outcome.last_success = max(outcome.last_success, ended)
+                else:
+                    outcome.codes[str(body.get("code"))] += 1
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    start.wait()
+    began = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    outcome.last_success -= began
+    return outcome, time.perf_counter() - began
+
+
+def check(database_url: str, outcome: Outcome) -> tuple[int, int]:
+    """Count duplicate numbers and lost bookings between the answers and the database."""
+    from sqlalchemy import select
+
+    from booking.models import Booking
+    from his.db import Database
+
+    answered = Counter((b["session"]["id"], b["queue_number"]) for b in outcome.created)  # type: ignore[index]
+    duplicates = sum(n - 1 for n in answered.values() if n > 1)
+    db = Database(database_url)
+    with db.session_scope() as session:
+        stored = {
+            (row.session_id, row.queue_number, row.id)
+            for row in session.execute(select(Booking.session_id, Booking.queue_number, Booking.id))
+        }
+    db.dispose()
+    stored_ids = {row[2] for row in stored}
+    answered_ids = {b["id"] for b in outcome.created}
+    duplicates += len(stored) - len({(s, n) for s, n, _ in stored})
+    lost = len(answered_ids - stored_ids) + len(stored_ids - answered_ids)
+    return duplicates, lost
+
+
+def percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(share * len(ordered)))] if ordered else 0.0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--database", help="a PostgreSQL URL (default: a temporary SQLite file)")
+    parser.add_argument("--patients", type=int, default=5000)
+    parser.add_argument("--clinics", type=int, default=10)
+    parser.add_argument("--numbers", type=int, default=100, help="online numbers per clinic")
+    parser.add_argument("--clients", type=int, default=50)
+    parser.add_argument("--workers", type=int, default=2, help="gunicorn worker processes")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as folder, database(args.database, Path(folder)) as url:
+        label = "PostgreSQL" if url.startswith("postgresql") else "SQLite"
+        print(
+            f"== booking rush on {label} (gunicorn, {args.workers} workers x 8 threads, {args.clients} clients) =="
+        )
+        setup = prepare(url, args.clinics, args.numbers, args.patients)
+        print(
+            f"prepared {len(setup.session_ids)} sessions x {args.numbers} numbers, {len(setup.patient_ids)} patients"
+        )
+        with serve(url, Path(folder), workers=args.workers, threads=8) as server:
+            outcome, elapsed = rush(server.url, setup, args.clients)
+        duplicates, lost = check(url, outcome)
+    successes = len(outcome.created)
+    per_second = successes / outcome.last_success if outcome.last_success else 0.0
+    p50 = percentile(outcome.latencies, 0.50) * 1000
+    p99 = percentile(outcome.latencies, 0.99) * 1000
+    print(
+        f"requests: {sum(outcome.statuses.values())} in {elapsed:.2f} s; statuses {dict(outcome.statuses)}; "
+        f"refusals {dict(outcome.codes)}"
+    )
+    print(
+        f"successful bookings: {successes} ({per_second:.0f}/s until the last number went; target >= {TARGET_PER_SECOND}/s)"
+    )
+    print(f"latency: p50 {p50:.1f} ms, p99 {p99:.1f} ms (target p99 < {TARGET_P99_MS} ms)")
+    print(f"duplicates: {duplicates} (must be 0); lost bookings: {lost} (must be 0)")
+
+
+if __name__ == "__main__":
+    main()
