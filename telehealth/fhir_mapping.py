@@ -158,6 +158,47 @@ def shared_file(
     return resource
 
 
+def recording_document(
+    *,
+    patient_id: str | None,
+    encounter_id: str | None,
+    participant_name: str,
+    url: str,
+    size: int,
+    sha1: bytes,
+    started: datetime,
+    ended: datetime,
+) -> dict[str, Any]:
+    """Build the DocumentReference of one participant's recording of a call (the file stays in file storage)."""
+    resource: dict[str, Any] = {
+        "resourceType": "DocumentReference",
+        "status": "current",
+        "type": {"text": "Video consultation recording"},
+        "date": instant(ended),
+        "description": f"Ghi hình cuộc gọi: {participant_name}",
+        "content": [
+            {
+                "attachment": {
+                    "contentType": "video/x-matroska",
+                    "url": url,
+                    "size": size,
+                    "hash": base64.b64encode(sha1).decode("ascii"),
+                    "title": f"{participant_name}.mkv",
+                    "creation": instant(started),
+                }
+            }
+        ],
+    }
+    if patient_id:
+        resource["subject"] = {"reference": f"Patient/{patient_id}"}
+    if encounter_id:
+        resource["context"] = {
+            "encounter": [{"reference": f"Encounter/{encounter_id}"}],
+            "period": {"start": instant(started), "end": instant(ended)},
+        }
+    return resource
+
+
 def _xhtml(text: str) -> str:
     escaped = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
     paragraphs = "".join(f"<p>{line}</p>" for line in escaped.splitlines() if line.strip()) or "<p></p>"

@@ -6,12 +6,19 @@ from flask import Flask
 
 from his.db import get_session
 from his.jobs import register_job
-from telehealth.services import end_overdue_rooms
+from telehealth import services
+from telehealth.recording import stop_recording
 
 
 def end_overdue_calls(app: Flask) -> list[str]:
-    """End every call past its grace period and tell its participants (idempotent)."""
-    return end_overdue_rooms(get_session())
+    """End every call past its grace period, stopping its recording, and tell its participants (idempotent)."""
+    session = get_session()
+    ended = []
+    for room in services.overdue_rooms(session):
+        stop_recording(session, room, "time")
+        if services.end_room(session, room, "time"):
+            ended.append(room.id)
+    return ended
 
 
 register_job("telehealth.end_overdue_calls", end_overdue_calls, "interval", seconds=30)

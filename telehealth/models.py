@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import Boolean, DateTime, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import BigInteger, Boolean, DateTime, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from his.db import Base, as_utc, utcnow
@@ -39,6 +39,7 @@ class Room(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     opened_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    recording_started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     @property
     def planned_end(self) -> datetime:
@@ -100,3 +101,24 @@ class ChatMessage(Base):
     filename: Mapped[str | None] = mapped_column(String(255))
     content_type: Mapped[str | None] = mapped_column(String(100))
     sent_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Recording(Base):
+    """One participant's media recorded by the media service, kept as a file in file storage.
+
+    ``path`` is relative to the data folder; ``document_reference_id`` names the
+    DocumentReference that links the finished file to the call's Encounter.
+    """
+
+    __tablename__ = "telehealth_recordings"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    room_id: Mapped[str] = mapped_column(ForeignKey("telehealth_rooms.id", ondelete="CASCADE"), index=True)
+    participant_id: Mapped[int] = mapped_column(ForeignKey("telehealth_participants.id", ondelete="CASCADE"))
+    path: Mapped[str] = mapped_column(String(500))
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    size_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    video_frames: Mapped[int | None] = mapped_column(Integer)
+    audio_frames: Mapped[int | None] = mapped_column(Integer)
+    document_reference_id: Mapped[str | None] = mapped_column(String(64))

@@ -33,7 +33,7 @@ from his.models import PatientSiteAccess, Site, User
 from his.security import Principal
 from his.settings import Settings
 from telehealth import fhir_mapping
-from telehealth.models import ChatMessage, Consent, Participant, Room
+from telehealth.models import ChatMessage, Consent, Participant, Recording, Room
 
 MAX_IN_CALL = 4
 MAX_INVITED = 6
@@ -93,6 +93,16 @@ class CallTooEarly(Conflict):
 class RoomFull(Conflict):
     code = "CALL_ROOM_FULL"
     message = N_("This call already has the most participants it can take.")
+
+
+class RecordingRefused(Conflict):
+    code = "RECORDING_CONSENT_MISSING"
+    message = N_("Everyone in the call must consent before it is recorded.")
+
+
+class NotRecording(Conflict):
+    code = "RECORDING_NOT_RUNNING"
+    message = N_("This call is not being recorded.")
 
 
 class RoomNotFound(NotFound):
@@ -635,6 +645,7 @@ def describe_room(room: Room, participants: list[Participant] | None = None) -> 
         "grace_minutes": room.grace_minutes,
         "ends_at": store.instant(room.planned_end),
         "hard_end": store.instant(room.hard_end),
+        "recording": room.recording_started_at is not None,
     }
     if participants is not None:
         body["participants"] = [describe_participant(p) for p in participants]
@@ -836,12 +847,7 @@ def end_by_host(session: Session, host: Participant, room: Room) -> None:
 
 def end_overdue_rooms(session: Session) -> list[str]:
     """End every call whose grace period has run out; return their ids (idempotent)."""
-    now = utcnow()
-    ended = []
-    for room in session.scalars(select(Room).where(Room.status.in_(("planned", "open")))):
-        if room.hard_end <= now and end_room(session, room, "time"):
-            ended.append(room.id)
-    return ended
+    return [room.id for room in overdue_rooms(session) if end_room(session, room, "time")]
 
 
 def _bad_signal(field_name: str, message: str) -> ValidationFailed:
@@ -1187,3 +1193,155 @@ def parse_token(raw: str | None) -> str:
 def bad_request(message: str, field_name: str) -> BadRequest:
     """Build a 400 that names the field at fault."""
     return BadRequest(message, fields={field_name: message})
+
+
+def consented(session: Session, participant: Participant) -> bool:
+    """Tell whether a participant consents to recording now."""
+    return (
+        session.scalar(
+            select(Consent.id).where(
+                Consent.participant_id == participant.id,
+                Consent.kind == "recording",
+                Consent.withdrawn_at.is_(None),
+            )
+        )
+        is not None
+    )
+
+
+def start_recording(session: Session, host: Participant, room: Room) -> None:
+    """Start recording the call: everyone's browser is asked to send its media to the recorder.
+
+    Raises NotHost, CallEnded, Conflict when it is already recording, and
+    RecordingRefused (audited) unless everyone in the call consented.
+    """
+    _ensure_host(host)
+    _ensure_open(room, utcnow())
+    if room.recording_started_at is not None:
+        raise Conflict(N_("This call is already being recorded."), code="RECORDING_RUNNING")
+    if not everyone_consented(session, room):
+        audit.record(
+            "record",
+            "TelehealthRoom",
+            room.id,
+            patient_id=room.patient_id,
+            outcome="denied",
+            detail="consent missing",
+        )
+        raise RecordingRefused()
+    room.recording_started_at = utcnow()
+    session.flush()
+    audit.record("record", "TelehealthRoom", room.id, patient_id=room.patient_id)
+    publish(room_topic(room.id), {"type": "recording", "state": "on"})
+
+
+def recording_target(session: Session, participant: Participant, room: Room) -> Recording:
+    """Open the recording of one participant's media (the browser then sends it to the recorder).
+
+    Raises NotRecording, NotAdmitted for someone not in the call, RecordingRefused for
+    someone who has not consented.
+    """
+    if room.recording_started_at is None:
+        raise NotRecording()
+    _ensure_in_call(participant, room)
+    if not consented(session, participant):
+        raise RecordingRefused()
+    stamp = utcnow().strftime("%Y%m%dT%H%M%S")
+    recording = Recording(
+        room_id=room.id,
+        participant_id=participant.id,
+        path=f"recordings/{room.id}/{participant.id}-{stamp}-{secrets.token_hex(4)}.mkv",
+    )
+    session.add(recording)
+    session.flush()
+    return recording
+
+
+def recording_key(recording: Recording) -> str:
+    """Name a recording for the media service: the room first, so a room's recordings stop together."""
+    return f"{recording.room_id}:{recording.id}"
+
+
+def finish_recording(
+    session: Session, room: Room, written: dict[str, dict[str, int]], data_dir: str, reason: str
+) -> list[str]:
+    """Close the call's recordings the media service finished; link each file to the Encounter.
+
+    ``written`` maps recording keys to the frame counts the media service reports. Returns
+    the ids of the DocumentReferences created.
+    """
+    from pathlib import Path
+
+    if room.recording_started_at is None:
+        return []
+    now = utcnow()
+    documents = []
+    open_recordings = session.scalars(
+        select(Recording).where(Recording.room_id == room.id, Recording.ended_at.is_(None))
+    )
+    names = {p.id: p.display_name for p in room_participants(session, room)}
+    for recording in open_recordings:
+        recording.ended_at = now
+        counts = written.get(recording_key(recording), {})
+        recording.video_frames = counts.get("video_frames")
+        recording.audio_frames = counts.get("audio_frames")
+        path = Path(data_dir) / recording.path
+        if not path.is_file():
+            continue
+        data_hash = hashlib.sha1()  # noqa: S324 - FHIR Attachment.hash is SHA-1 by definition
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                data_hash.update(block)
+        recording.size_bytes = path.stat().st_size
+        document = store.create(
+            session,
+            fhir_mapping.recording_document(
+                patient_id=room.patient_id,
+                encounter_id=room.encounter_id,
+                participant_name=names.get(recording.participant_id, ""),
+                url=f"/api/v1/telehealth/recordings/{recording.id}",
+                size=recording.size_bytes,
+                sha1=data_hash.digest(),
+                started=as_utc(recording.started_at),
+                ended=now,
+            ),
+        )
+        recording.document_reference_id = document.id
+        documents.append(document.id)
+    room.recording_started_at = None
+    session.flush()
+    audit.record("record-stop", "TelehealthRoom", room.id, patient_id=room.patient_id, detail=reason)
+    publish(room_topic(room.id), {"type": "recording", "state": "off", "reason": reason})
+    return documents
+
+
+def overdue_rooms(session: Session) -> list[Room]:
+    """Return the calls whose grace period has run out but are not ended yet."""
+    now = utcnow()
+    return [
+        room
+        for room in session.scalars(select(Room).where(Room.status.in_(("planned", "open"))))
+        if room.hard_end <= now
+    ]
+
+
+def readable_recording(session: Session, principal: Principal, recording_id: int) -> tuple[Recording, Room]:
+    """Return a finished recording a staff member of the call's site (or its consult) may watch.
+
+    Raises NotFound, Forbidden (audited).
+    """
+    recording = session.get(Recording, recording_id)
+    if recording is None or recording.ended_at is None:
+        raise NotFound(N_("There is no such recording."), code="RECORDING_NOT_FOUND")
+    room = session.get(Room, recording.room_id)
+    assert room is not None
+    invited = session.scalar(
+        select(Participant.id).where(Participant.room_id == room.id, Participant.user_id == principal.user_id)
+    )
+    if not principal.is_staff or (principal.site_id != room.site_id and invited is None):
+        audit.record(
+            "read", "TelehealthRecording", str(recording.id), patient_id=room.patient_id, outcome="denied"
+        )
+        raise Forbidden(N_("You may not watch this recording."), code="RECORDING_ACCESS_DENIED")
+    audit.record("read", "TelehealthRecording", str(recording.id), patient_id=room.patient_id)
+    return recording, room

@@ -31,6 +31,7 @@ from his.security import current_principal, login_required
 from telehealth import jobs as _jobs  # noqa: F401 - registers the context's jobs
 from telehealth import media, services
 from telehealth.models import Participant, Room
+from telehealth.recording import stop_recording
 
 bp = Blueprint(
     "telehealth",
@@ -426,6 +427,13 @@ def call_join() -> Response:
     if session.get_bind().dialect.name == "postgresql":
         session.refresh(room, with_for_update=True)
     result = services.join(session, participant, room)
+    if (
+        result.state == "in_call"
+        and room.recording_started_at
+        and not services.consented(session, participant)
+    ):
+        # Nobody is recorded without consent: a newcomer who has not consented stops it.
+        stop_recording(session, room, "consent")
     return jsonify(_call_state(participant, room, result.peers, result.state))
 
 
@@ -557,7 +565,10 @@ def call_leave() -> Response:
 def call_end() -> Response:
     """End the call."""
     participant, room = _caller()
-    services.end_by_host(get_session(), participant, room)
+    session = get_session()
+    if not participant.needs_admission and participant.state == "in_call":
+        stop_recording(session, room, "ended")
+    services.end_by_host(session, participant, room)
     return jsonify(status=room.status)
 
 
@@ -658,6 +669,8 @@ def call_consent() -> Response:
         raise ValidationFailed(fields={"given": N_("Say true or false.")})
     session = get_session()
     services.give_consent(session, participant, room, given)
+    if not given:
+        stop_recording(session, room, "consent")
     return jsonify(given=given, everyone=services.everyone_consented(session, room))
 
 
@@ -681,6 +694,93 @@ def call_echo() -> Response:
     services.stream_topics(participant, room)  # refuses a declined participant or a finished call
     answer = media.echo_answer(sdp)
     return jsonify(type="answer", sdp=answer)
+
+
+@bp.post("/api/v1/telehealth/call/recording")
+@api_doc(
+    "Start or stop recording the call (the doctor running it). Starting needs the consent of "
+    "everyone in the call (409 otherwise); everyone's page then shows that it is recording.",
+    tags=["telehealth-call"],
+    auth=False,
+    parameters=CALL_AUTH,
+    request={
+        "type": "object",
+        "required": ["action"],
+        "properties": {"action": {"type": "string", "enum": ["start", "stop"]}},
+    },
+    responses={200: {"type": "object"}, 403: None, 409: None, 410: None, 422: None},
+)
+def call_recording() -> Response:
+    """Start or stop the recording."""
+    participant, room = _caller()
+    action = json_body().get("action")
+    session = get_session()
+    if action == "start":
+        services.start_recording(session, participant, room)
+        return jsonify(recording=True)
+    if action == "stop":
+        if participant.needs_admission:
+            raise services.NotHost()
+        if room.recording_started_at is None:
+            raise services.NotRecording()
+        documents = stop_recording(session, room, "stopped")
+        return jsonify(recording=False, documents=documents)
+    raise ValidationFailed(fields={"action": N_("Use start or stop.")})
+
+
+@bp.post("/api/v1/telehealth/call/recording/offer")
+@api_doc(
+    "Send one's media to the recorder while the call is recorded: an offer with the "
+    "browser's camera and microphone, answered by the media service's receive-only peer.",
+    tags=["telehealth-call"],
+    auth=False,
+    parameters=CALL_AUTH,
+    request={"type": "object", "required": ["sdp"], "properties": {"sdp": {"type": "string"}}},
+    responses={200: {"type": "object"}, 403: None, 409: None, 422: None, 503: None},
+)
+def call_recording_offer() -> Response:
+    """Connect a participant's media to the recorder."""
+    from pathlib import Path
+
+    participant, room = _caller()
+    sdp = json_body().get("sdp")
+    if not isinstance(sdp, str) or not sdp.startswith("v=0") or len(sdp) > services.MAX_SDP_CHARS:
+        raise ValidationFailed(fields={"sdp": N_("This is not a session description.")})
+    session = get_session()
+    recording = services.recording_target(session, participant, room)
+    settings = current_app.extensions["vetinh.settings"]
+    answer = media.media_request(
+        "record",
+        {
+            "key": services.recording_key(recording),
+            "sdp": sdp,
+            "path": str(Path(settings.data_dir) / recording.path),
+        },
+    )
+    return jsonify(type="answer", sdp=answer["sdp"])
+
+
+@bp.get("/api/v1/telehealth/recordings/<int:recording_id>")
+@login_required
+@api_doc(
+    "Download a finished recording (Matroska: H.264 video, Opus audio); staff of the call's site "
+    "or invited to the call.",
+    tags=["telehealth"],
+    responses={200: None, 401: None, 403: None, 404: None},
+)
+def download_recording(recording_id: int) -> Response:
+    """Send a recording file."""
+    from pathlib import Path
+
+    from flask import send_file
+
+    recording, _room = services.readable_recording(get_session(), current_principal(), recording_id)
+    settings = current_app.extensions["vetinh.settings"]
+    root = Path(settings.data_dir).resolve()
+    path = (root / recording.path).resolve()
+    if root not in path.parents or not path.is_file():
+        raise services.NotFound(N_("There is no such recording."), code="RECORDING_NOT_FOUND")
+    return send_file(path, mimetype="video/x-matroska", as_attachment=True, download_name=path.name)
 
 
 def _call_texts() -> dict[str, str]:
@@ -731,6 +831,12 @@ def _call_texts() -> dict[str, str]:
         "file": _("File"),
         "full": _("This call already has the most participants it can take."),
         "tooEarly": _("This call has not opened yet; come back shortly before it starts."),
+        "recording": _("Recording"),
+        "recordingStopped": _("Recording stopped."),
+        "recordingConsentStopped": _("Recording stopped: not everyone consents."),
+        "startRecording": _("Start recording"),
+        "stopRecording": _("Stop recording"),
+        "consentMissing": _("Everyone in the call must consent before it is recorded."),
     }
 
 

@@ -34,6 +34,7 @@ def upgrade() -> None:
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("opened_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("ended_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("recording_started_at", sa.DateTime(timezone=True), nullable=True),
         sa.ForeignKeyConstraint(
             ["created_by"], ["users.id"], name=op.f("fk_telehealth_rooms_created_by_users")
         ),
@@ -137,9 +138,38 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("telehealth_consents", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_telehealth_consents_room_id"), ["room_id"], unique=False)
+    op.create_table(
+        "telehealth_recordings",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("room_id", sa.String(length=32), nullable=False),
+        sa.Column("participant_id", sa.Integer(), nullable=False),
+        sa.Column("path", sa.String(length=500), nullable=False),
+        sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("ended_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("size_bytes", sa.BigInteger(), nullable=True),
+        sa.Column("video_frames", sa.Integer(), nullable=True),
+        sa.Column("audio_frames", sa.Integer(), nullable=True),
+        sa.Column("document_reference_id", sa.String(length=64), nullable=True),
+        sa.ForeignKeyConstraint(
+            ["participant_id"],
+            ["telehealth_participants.id"],
+            name=op.f("fk_telehealth_recordings_participant_id_telehealth_participants"),
+            ondelete="CASCADE",
+        ),
+        sa.ForeignKeyConstraint(
+            ["room_id"],
+            ["telehealth_rooms.id"],
+            name=op.f("fk_telehealth_recordings_room_id_telehealth_rooms"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_telehealth_recordings")),
+    )
+    with op.batch_alter_table("telehealth_recordings", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_telehealth_recordings_room_id"), ["room_id"], unique=False)
 
 
 def downgrade() -> None:
+    op.drop_table("telehealth_recordings")
     op.drop_table("telehealth_consents")
     op.drop_table("telehealth_chat_messages")
     op.drop_table("telehealth_participants")

@@ -245,3 +245,20 @@ class CallPeer:
         await asyncio.gather(*(pc.close() for pc in self.pcs.values()), return_exceptions=True)
         self.video.stop()
         self.audio.stop()
+
+
+class LoopThread:
+    """Run aiortc peers on an event loop in a thread, beside a synchronous Playwright test."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="test-aiortc", daemon=True)
+        self._thread.start()
+
+    def run(self, coroutine: Any, timeout: float = 30) -> Any:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(5)
+        self.loop.close()

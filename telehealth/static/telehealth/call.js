@@ -247,6 +247,8 @@
     $("controls").hidden = false;
     $("chat").hidden = false;
     $("end-button").hidden = !isHost;
+    $("record-button").hidden = !isHost;
+    showRecording(roomInfo.recording);
     $("lobby").hidden = !isHost;
     for (const peer of joined.peers) known.set(peer.id, peer);
     if (isHost) refreshLobby();
@@ -260,6 +262,10 @@
 
   function stopWith(message, kind) {
     finished = true;
+    if (recorderPc) {
+      recorderPc.close();
+      recorderPc = null;
+    }
     inCall = false;
     for (const id of [...peers.keys()]) closePeer(id);
     if (stream) stream.close();
@@ -295,6 +301,10 @@
         break;
       case "chat":
         addChat(event.message);
+        break;
+      case "recording":
+        showRecording(event.state === "on");
+        if (event.state === "off" && event.reason === "consent") say(texts.recordingConsentStopped, "warning");
         break;
       case "ended":
         stopWith(event.reason === "time" ? texts.endedTime : texts.ended, "info");
@@ -690,6 +700,53 @@
     $("chat-file").value = "";
   }
 
+  // --- Consented recording: while it runs, our media also goes to the server's recorder ---
+
+  let recorderPc = null;
+  function showRecording(on) {
+    $("recording-banner").hidden = !on;
+    $("record-button").textContent = on ? texts.stopRecording : texts.startRecording;
+    $("record-button").dataset.recording = on ? "on" : "off";
+    if (on && !recorderPc && inCall && $("consent").checked) sendToRecorder();
+    if (!on && recorderPc) {
+      recorderPc.close();
+      recorderPc = null;
+    }
+  }
+
+  async function sendToRecorder() {
+    const pc = new RTCPeerConnection({ iceServers });
+    recorderPc = pc;
+    for (const track of localStream ? localStream.getTracks() : []) pc.addTransceiver(track, { direction: "sendonly", streams: [localStream] });
+    try {
+      await pc.setLocalDescription(await pc.createOffer());
+      await gathered(pc, 3000);
+      const answer = await api("recording/offer", { method: "POST", json: { sdp: pc.localDescription.sdp } });
+      if (recorderPc === pc) await pc.setRemoteDescription(answer);
+    } catch (error) {
+      console.warn("recorder", error);
+      pc.close();
+      if (recorderPc === pc) recorderPc = null;
+    }
+  }
+
+  async function toggleRecording() {
+    const on = $("record-button").dataset.recording === "on";
+    try {
+      await api("recording", { method: "POST", json: { action: on ? "stop" : "start" } });
+    } catch (error) {
+      say(error.code === "RECORDING_CONSENT_MISSING" ? texts.consentMissing : explain(error), "warning");
+    }
+  }
+
+  async function setConsent() {
+    try {
+      await api("consent", { method: "POST", json: { given: $("consent").checked } });
+    } catch (error) {
+      say(explain(error), "error");
+    }
+  }
+
   // --- Pre-call test: the server's echo peer sends our media back ---------------------
 
   let echoPc = null;
@@ -769,6 +826,8 @@
   $("share-button").addEventListener("click", toggleShare);
   $("leave-button").addEventListener("click", leave);
   $("end-button").addEventListener("click", endForEveryone);
+  $("record-button").addEventListener("click", toggleRecording);
+  $("consent").addEventListener("change", setConsent);
   $("chat-form").addEventListener("submit", sendChat);
   $("chat-file").addEventListener("change", shareFile);
   $("camera-select").addEventListener("change", startMedia);
