@@ -21,7 +21,7 @@ from his import audit
 from his.db import get_database, get_session
 from his.errors import Conflict, Forbidden, NotFound, ValidationFailed, VetinhError
 from his.i18n import local_zone
-from his.models import Site
+from his.models import Site, User
 from his.navigation import add_nav_item
 from his.policy import ensure_patient_access
 from his.records import jobs as _jobs  # noqa: F401 - registers the outbox job
@@ -45,6 +45,7 @@ CLINICIANS = ("doctor", "nurse")
 add_nav_item("records.worklist", _l("Worklist"), {"doctor", "nurse"}, icon="list", order=20)
 add_nav_item("records.pharmacy_home", _l("Pharmacy"), {"pharmacist"}, icon="pill", order=20)
 add_nav_item("records.my_records", _l("My records"), {"patient"}, icon="file", order=30)
+add_nav_item("records.antibiotic_report", _l("Antibiotic use"), {"manager"}, icon="chart", order=60)
 
 
 def _actor() -> Actor:
@@ -357,6 +358,68 @@ def prescription_qr(code: str) -> Response:
         buffer, kind="svg", scale=4, border=2
     )
     return Response(buffer.getvalue(), mimetype="image/svg+xml")
+
+
+@bp.get("/records/prescriptions/<code>/print")
+@login_required
+def print_prescription(code: str) -> str:
+    """Show the prescription laid out for an A5 sheet, with its code and QR."""
+    session = get_session()
+    found, _qr = pharmacy.find(session, code)
+    ensure_patient_access(current_principal(), found.patient_id, "read")
+    if found.status != "signed":
+        raise Conflict(_("The prescription is not signed yet."), code="PRESCRIPTION_NOT_SIGNED")
+    state = pharmacy.view(session, found, today=_today())
+    patient = services.store.read(session, "Patient", found.patient_id).resource
+    conditions = services.store.search(
+        session, "Condition", [("encounter", f"Encounter/{found.encounter_id}"), ("_count", "50")]
+    ).matches
+    prescriber = session.get(User, found.prescriber_id)
+    audit.record("print", "Prescription", found.code, patient_id=found.patient_id)
+    return render_template(
+        "records/print.html",
+        state=state,
+        patient=patient,
+        patient_name=services.patient_name(patient),
+        site=session.get(Site, found.site_id),
+        diagnoses=[c.resource["code"] for c in conditions],
+        prescriber=prescriber,
+        months=services.patient_facts(session, found.patient_id, None, None).age_months(_today()),
+    )
+
+
+@bp.get("/records/reports/antibiotics")
+@roles_required("manager", "doctor")
+def antibiotic_report() -> str | Response:
+    """Show antibiotic use by month, clinic and doctor, as a chart and as CSV."""
+    from his.records import reports
+
+    today = _today()
+    try:
+        start = (
+            date.fromisoformat(request.args.get("from", ""))
+            if request.args.get("from")
+            else today.replace(day=1)
+        )
+        end = date.fromisoformat(request.args.get("to", "")) if request.args.get("to") else today
+    except ValueError:
+        raise ValidationFailed(_("Use the format YYYY-MM-DD."), fields={"from": _("Invalid.")}) from None
+    rows = reports.antibiotic_use(get_session(), _site().id, start, end, local_zone())
+    audit.record("read", "Report", "antibiotic-use")
+    if request.args.get("format") == "csv":
+        response = Response(reports.to_csv(rows), mimetype="text/csv")
+        response.headers["Content-Disposition"] = f"attachment; filename=antibiotic-use-{start}-{end}.csv"
+        return response
+    months = reports.by_month(rows)
+    return render_template(
+        "records/antibiotics.html",
+        rows=rows,
+        months=months,
+        total=reports.totals(rows),
+        start=start,
+        end=end,
+        top=max([m.share for m in months] + [Decimal(1)]),
+    )
 
 
 @bp.get("/pharmacy/")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
@@ -34,6 +35,14 @@ def session(app: Flask) -> Iterator[Session]:
         finally:
             db.rollback()
             db.close()
+
+
+@contextmanager
+def unit_of_work(app: Flask) -> Iterator[Session]:
+    """Give a session inside an app context that commits on leaving (then the context is gone,
+    so test-client requests afterwards get their own)."""
+    with app.app_context(), get_database(app).session_scope() as db:
+        yield db
 
 
 def actor_of(user: User) -> Actor:
