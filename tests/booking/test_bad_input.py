@@ -146,3 +146,15 @@ def test_calling_next_in_an_empty_queue(client, app, clinic, make_session, make_
     assert (
         client.post(f"/api/v1/sessions/{session_id}/queue/recall", headers=bearer(doctor)).status_code == 409
     )
+
+
+def test_checking_in_on_the_wrong_day(
+    client, app, clinic, make_session, patient_token, make_user, make_token
+):
+    session_id = make_session(clinic.id, day=local_today() + timedelta(days=1))
+    booking = _book(client, patient_token, session_id).get_json()
+    desk = make_token(make_user("receptionist"), "user/*.*")
+    response = client.post("/api/v1/checkins", json={"code": booking["checkin_code"]}, headers=bearer(desk))
+    assert response.status_code == 409
+    assert response.get_json()["code"] == "CHECKIN_WRONG_DAY"
+    assert response.get_json()["date"] == (local_today() + timedelta(days=1)).isoformat()
