@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
 
 import pytest
 
+from billing.charges import record_charge
+from billing.coverage import CardEntry, register_card
+from billing.invoices import Facility, open_invoice
+from billing.payments import sign
 from billing.services import import_prices, read_price_csv
 from fhir import services as store
 from his.db import get_database
@@ -22,6 +28,8 @@ TH01,Paracetamol 500mg,drug,viên,1234.5,,2024-01-01,,4
 """
 
 VISIT_AT = datetime(2025, 9, 10, 2, 0, tzinfo=UTC)  # 09:00 in Hà Nội
+SECRET = "test-webhook-secret-0123456789"
+URL = "/api/v1/payments/notifications"
 
 
 @pytest.fixture
@@ -76,3 +84,45 @@ def patient(make_patient) -> str:
 @pytest.fixture
 def encounter(make_encounter, patient) -> str:
     return make_encounter(patient)
+
+
+@pytest.fixture
+def secret(app):
+    app.config["VETINH_BANK_WEBHOOK_SECRET"] = SECRET
+
+
+@pytest.fixture
+def invoice(app, secret, prices, patient, encounter):
+    """An invoice of 192.589 ₫ for the patient (DN card, 80%)."""
+    app.config["VETINH_BANK_BIN"] = "970436"
+    app.config["VETINH_BANK_ACCOUNT"] = "0011001234567"
+    with get_database(app).session_scope() as session:
+        register_card(
+            session,
+            patient,
+            CardEntry("DN4010123456789", date(2025, 1, 1), date(2025, 12, 31), "01234"),
+            visit_date=date(2025, 9, 10),
+        )
+        record_charge(session, patient, encounter, "KB01", 1, VISIT_AT, "checkin")
+        record_charge(session, patient, encounter, "SA01", 2, VISIT_AT + timedelta(minutes=1), "s1")
+        record_charge(session, patient, encounter, "TH01", 10, VISIT_AT + timedelta(minutes=2), "s2")
+        invoice = open_invoice(session, encounter, Facility(code="01234"))
+        assert invoice.amount_due == Decimal("192589")
+        return invoice
+
+
+def notice_body(transaction_id: str, amount: object, description: str) -> bytes:
+    return json.dumps(
+        {
+            "transaction_id": transaction_id,
+            "amount": amount,
+            "description": description,
+            "account": "0011001234567",
+            "transacted_at": "2025-09-10T09:30:00+07:00",
+        }
+    ).encode()
+
+
+def post_notice(client, body: bytes, signature: str | None = None):
+    headers = {"Content-Type": "application/json", "X-Signature": signature or sign(body, SECRET)}
+    return client.post(URL, data=body, headers=headers)

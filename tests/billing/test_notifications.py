@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import threading
-from datetime import date, timedelta
 from decimal import Decimal
 
 import pytest
 import requests
 from sqlalchemy import func, select
 
-from billing.charges import record_charge
-from billing.coverage import CardEntry, register_card
-from billing.invoices import Facility, open_invoice
 from billing.models import BankNotification, Invoice, Payment
 from billing.payments import sign
 from his import events
@@ -21,52 +16,7 @@ from his.db import get_database
 from his.models import AuditRecord
 from tests.conftest import csrf_token, login
 
-from .conftest import VISIT_AT
-
-SECRET = "test-webhook-secret-0123456789"
-URL = "/api/v1/payments/notifications"
-
-
-@pytest.fixture
-def secret(app):
-    app.config["VETINH_BANK_WEBHOOK_SECRET"] = SECRET
-
-
-@pytest.fixture
-def invoice(app, secret, prices, patient, encounter):
-    """An invoice of 192.589 ₫ for the patient (DN card, 80%)."""
-    app.config["VETINH_BANK_BIN"] = "970436"
-    app.config["VETINH_BANK_ACCOUNT"] = "0011001234567"
-    with get_database(app).session_scope() as session:
-        register_card(
-            session,
-            patient,
-            CardEntry("DN4010123456789", date(2025, 1, 1), date(2025, 12, 31), "01234"),
-            visit_date=date(2025, 9, 10),
-        )
-        record_charge(session, patient, encounter, "KB01", 1, VISIT_AT, "checkin")
-        record_charge(session, patient, encounter, "SA01", 2, VISIT_AT + timedelta(minutes=1), "s1")
-        record_charge(session, patient, encounter, "TH01", 10, VISIT_AT + timedelta(minutes=2), "s2")
-        invoice = open_invoice(session, encounter, Facility(code="01234"))
-        assert invoice.amount_due == Decimal("192589")
-        return invoice
-
-
-def _body(transaction_id: str, amount: object, description: str) -> bytes:
-    return json.dumps(
-        {
-            "transaction_id": transaction_id,
-            "amount": amount,
-            "description": description,
-            "account": "0011001234567",
-            "transacted_at": "2025-09-10T09:30:00+07:00",
-        }
-    ).encode()
-
-
-def _post(client, body: bytes, signature: str | None = None):
-    headers = {"Content-Type": "application/json", "X-Signature": signature or sign(body, SECRET)}
-    return client.post(URL, data=body, headers=headers)
+from .conftest import SECRET, URL, notice_body, post_notice
 
 
 def _state(app, invoice_id):
@@ -79,8 +29,8 @@ def _state(app, invoice_id):
 
 def test_an_exact_transfer_pays_the_invoice_and_says_so(app, client, invoice):
     with app.app_context(), events.subscribe("payment.received", timeout=2) as stream:
-        response = _post(
-            client, _body("FT001", 192589, f"NGUYEN VAN AN chuyen tien VIENPHI {invoice.reference}")
+        response = post_notice(
+            client, notice_body("FT001", 192589, f"NGUYEN VAN AN chuyen tien VIENPHI {invoice.reference}")
         )
         event = stream.get(2)
     assert response.status_code == 200
@@ -99,7 +49,8 @@ def test_an_exact_transfer_pays_the_invoice_and_says_so(app, client, invoice):
 def test_banks_that_mangle_the_note_still_match(app, client, invoice):
     mangled = invoice.reference.lower().replace("vp2025", "vp 2025 ")
     assert (
-        _post(client, _body("FT002", "192589", f"IBFT VIENPHI{mangled}")).get_json()["status"] == "credited"
+        post_notice(client, notice_body("FT002", "192589", f"IBFT VIENPHI{mangled}")).get_json()["status"]
+        == "credited"
     )
 
 
@@ -108,7 +59,7 @@ def test_banks_that_mangle_the_note_still_match(app, client, invoice):
     [None, "", "sha256=" + "0" * 64, "not-hex-at-all"],
 )
 def test_a_bad_signature_is_refused_audited_and_changes_nothing(app, client, invoice, signature):
-    body = _body("FT003", 192589, f"VIENPHI {invoice.reference}")
+    body = notice_body("FT003", 192589, f"VIENPHI {invoice.reference}")
     headers = {"Content-Type": "application/json"}
     if signature is not None:
         headers["X-Signature"] = signature
@@ -124,23 +75,23 @@ def test_a_bad_signature_is_refused_audited_and_changes_nothing(app, client, inv
 
 
 def test_a_tampered_body_fails_its_signature(app, client, invoice):
-    genuine = _body("FT004", 1000, f"VIENPHI {invoice.reference}")
+    genuine = notice_body("FT004", 1000, f"VIENPHI {invoice.reference}")
     tampered = genuine.replace(b"1000", b"192589")
-    assert _post(client, tampered, sign(genuine, SECRET)).status_code == 401
+    assert post_notice(client, tampered, sign(genuine, SECRET)).status_code == 401
     assert _state(app, invoice.id) == ("open", Decimal("0"), 0, [])
 
 
 def test_a_replayed_notification_is_credited_once(app, client, invoice):
-    body = _body("FT005", 192589, f"VIENPHI {invoice.reference}")
-    assert _post(client, body).get_json()["status"] == "credited"
-    replay = _post(client, body)
+    body = notice_body("FT005", 192589, f"VIENPHI {invoice.reference}")
+    assert post_notice(client, body).get_json()["status"] == "credited"
+    replay = post_notice(client, body)
     assert replay.status_code == 200
     assert replay.get_json()["status"] == "duplicate"
     assert _state(app, invoice.id) == ("paid", Decimal("192589"), 1, [("credited", None)])
 
 
 def test_ten_concurrent_copies_credit_once(app, live_server, invoice):
-    body = _body("FT006", 192589, f"VIENPHI {invoice.reference}")
+    body = notice_body("FT006", 192589, f"VIENPHI {invoice.reference}")
     headers = {"Content-Type": "application/json", "X-Signature": sign(body, SECRET)}
     barrier = threading.Barrier(10)
     answers: list[tuple[int, str]] = []
@@ -173,15 +124,15 @@ def test_ten_concurrent_copies_credit_once(app, live_server, invoice):
 def test_partial_excess_and_unmatched_transfers_wait_for_a_cashier(
     app, client, invoice, amount, note, reason
 ):
-    response = _post(client, _body("FT007", amount, note.format(ref=invoice.reference)))
+    response = post_notice(client, notice_body("FT007", amount, note.format(ref=invoice.reference)))
     assert response.get_json()["status"] == "review"
     assert response.get_json()["review_reason"] == reason
     assert _state(app, invoice.id) == ("open", Decimal("0"), 0, [("review", reason)])
 
 
 def test_a_transfer_for_a_paid_invoice_is_held_not_credited_again(app, client, invoice):
-    _post(client, _body("FT008", 192589, f"VIENPHI {invoice.reference}"))
-    second = _post(client, _body("FT009", 192589, f"VIENPHI {invoice.reference}"))
+    post_notice(client, notice_body("FT008", 192589, f"VIENPHI {invoice.reference}"))
+    second = post_notice(client, notice_body("FT009", 192589, f"VIENPHI {invoice.reference}"))
     assert second.get_json()["review_reason"] == "closed"
     assert _state(app, invoice.id) == (
         "paid",
@@ -193,7 +144,7 @@ def test_a_transfer_for_a_paid_invoice_is_held_not_credited_again(app, client, i
 
 @pytest.mark.parametrize("amount", [-192589, 1925.89, "192589.5", 0, "abc", None])
 def test_a_negative_or_fractional_amount_is_refused(app, client, secret, amount):
-    response = _post(client, _body("FT010", amount, "VIENPHI VP2025000001"))
+    response = post_notice(client, notice_body("FT010", amount, "VIENPHI VP2025000001"))
     assert response.status_code == 422
     assert "amount" in response.get_json()["fields"]
     with get_database(app).session_scope() as session:
@@ -201,8 +152,8 @@ def test_a_negative_or_fractional_amount_is_refused(app, client, secret, amount)
 
 
 def test_the_cashier_credits_a_partial_transfer_and_the_rest_is_still_owed(app, client, make_user, invoice):
-    _post(client, _body("FT011", 100000, f"VIENPHI {invoice.reference}"))
-    _post(client, _body("FT012", 5000, "no reference at all"))
+    post_notice(client, notice_body("FT011", 100000, f"VIENPHI {invoice.reference}"))
+    post_notice(client, notice_body("FT012", 5000, "no reference at all"))
     make_user("cashier", username="thungan")
     login(client, "thungan")
     assert "2" in client.get("/billing").get_data(as_text=True).split('data-testid="review-count"')[1][:80]

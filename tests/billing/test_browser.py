@@ -1,0 +1,63 @@
+"""The payment story in headless Chromium: the cashier shows the QR, the bank pays, both screens follow."""
+
+from __future__ import annotations
+
+import pytest
+import requests
+from playwright.sync_api import expect
+
+from billing.payments import sign
+from his.db import get_database
+from his.models import User
+from tests.browser import chromium
+from tests.conftest import TEST_PASSWORD
+
+from .conftest import SECRET, URL, notice_body
+
+pytestmark = pytest.mark.e2e
+
+
+def _login(browser, base: str, username: str):
+    page = browser.new_context().new_page()
+    page.goto(base + "/login")
+    page.fill("input[name=username]", username)
+    page.fill("input[name=password]", TEST_PASSWORD)
+    page.click("form.form button[type=submit]")
+    page.wait_for_url(base + "/")
+    return page
+
+
+def test_a_transfer_marks_the_invoice_paid_on_the_cashiers_screen_without_a_reload(
+    app, live_server, make_user, invoice, patient
+):
+    make_user("cashier", username="thungan")
+    owner = make_user("patient", username="benhnhan")
+    with get_database(app).session_scope() as session:
+        session.get(User, owner.id).patient_id = patient
+    base = live_server.url
+    with chromium() as browser:
+        desk = _login(browser, base, "thungan")
+        desk.goto(f"{base}/billing/invoices/{invoice.id}")
+        qr = desk.get_by_test_id("vietqr").locator("img")
+        expect(qr).to_be_visible()
+        assert desk.evaluate("(img) => img.naturalWidth > 0", qr.element_handle())
+        expect(desk.get_by_test_id("balance")).to_contain_text("192.589")
+        desk.evaluate("window.notReloaded = true")
+
+        body = notice_body("FT100", 192589, f"VIENPHI {invoice.reference}")
+        answer = requests.post(
+            base + URL,
+            data=body,
+            headers={"Content-Type": "application/json", "X-Signature": sign(body, SECRET)},
+            timeout=30,
+        )
+        assert answer.json()["status"] == "credited"
+
+        expect(desk.get_by_test_id("paid")).to_be_visible(timeout=5000)
+        expect(desk.get_by_test_id("vietqr")).to_have_count(0)
+        assert desk.evaluate("window.notReloaded") is True
+
+        me = _login(browser, base, "benhnhan")
+        me.goto(f"{base}/my/invoices/{invoice.id}")
+        expect(me.get_by_test_id("receipt")).to_contain_text("192.589")
+        expect(me.get_by_test_id("paid")).to_be_visible()
