@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
@@ -498,18 +499,8 @@ def past_encounters(
     return visits[:limit]
 
 
-def _drug_row(drug_row: dict[str, str]) -> dict[str, str]:
+def _drug_row(drug_row: Mapping[str, str]) -> dict[str, str]:
     return {column: str(drug_row.get(column, "") or "") for column in DRUG_COLUMNS}
-
-
-def ensure_catalogue(session: Session) -> None:
-    """Load the shipped seed catalogue into an empty drug table (idempotent)."""
-    if session.scalar(select(CatalogueDrug.code).limit(1)) is not None:
-        return
-    from his.records.catalogue import DATA_DIR
-
-    text = (DATA_DIR / "drugs.csv").read_text(encoding="utf-8")
-    _upsert(session, list(csv.DictReader(io.StringIO(text))))
 
 
 def _upsert(session: Session, rows: list[dict[str, str]]) -> int:
@@ -520,24 +511,16 @@ def _upsert(session: Session, rows: list[dict[str, str]]) -> int:
         row = _drug_row(by_code[drug.code])
         search_text = fold(f"{drug.code} {drug.name} {' '.join(drug.ingredient_names)}")[:400]
         if existing is None:
-            session.add(
-                CatalogueDrug(
-                    code=drug.code,
-                    name=drug.name,
-                    search_text=search_text,
-                    antibiotic=drug.antibiotic,
-                    row=row,
-                )
-            )
-        else:
-            existing.name, existing.search_text, existing.antibiotic, existing.row = (
-                drug.name,
-                search_text,
-                drug.antibiotic,
-                row,
-            )
-            existing.active = True
-            existing.updated_at = utcnow()
+            existing = CatalogueDrug(code=drug.code, row=row)
+            session.add(existing)
+        existing.name, existing.search_text, existing.antibiotic, existing.row = (
+            drug.name,
+            search_text,
+            drug.antibiotic,
+            row,
+        )
+        existing.active = True
+        existing.updated_at = utcnow()
     session.flush()
     return len(drugs)
 
@@ -545,45 +528,77 @@ def _upsert(session: Session, rows: list[dict[str, str]]) -> int:
 def import_drugs(session: Session, text: str) -> int:
     """Add or update drugs from a CSV file; return how many were read.
 
-    Raises ValidationFailed naming every bad line (nothing is imported then).
+    The shipped seed catalogue is always there underneath; an imported row with the same
+    code replaces the seed drug. Raises ValidationFailed naming every bad line (nothing
+    is imported then).
     """
-    ensure_catalogue(session)
-    rows = list(csv.DictReader(io.StringIO(text.lstrip("\ufeff"))))
     from his.records.catalogue import parse_drug_csv
 
     parse_drug_csv(text)
-    return _upsert(session, rows)
+    return _upsert(session, list(csv.DictReader(io.StringIO(text.lstrip("\ufeff")))))
+
+
+def withdraw_drug(session: Session, code: str) -> None:
+    """Stop offering a drug for new prescriptions (seed or imported).
+
+    Raises NotFound for a code the catalogue does not have.
+    """
+    drug = get_drug(session, code)
+    if drug is None:
+        raise NotFound(N_("Unknown drug code."), code="DRUG_NOT_FOUND")
+    row = session.get(CatalogueDrug, drug.code)
+    if row is None:
+        _upsert(session, [_seed_row(drug.code)])
+        row = session.get(CatalogueDrug, drug.code)
+    assert row is not None
+    row.active = False
+    session.flush()
+
+
+def _seed_row(code: str) -> dict[str, str]:
+    from his.records.catalogue import DATA_DIR
+
+    with (DATA_DIR / "drugs.csv").open(encoding="utf-8", newline="") as handle:
+        return next(r for r in csv.DictReader(handle) if r["code"] == code)
 
 
 def catalogue(session: Session) -> dict[str, Drug]:
-    """Return the active catalogue by code (seeding it the first time)."""
-    ensure_catalogue(session)
-    rows = session.scalars(select(CatalogueDrug).where(CatalogueDrug.active.is_(True))).all()
-    if not rows:
-        return dict(seed_drugs())
-    return {d.code: d for d in parse_drug_rows([r.row for r in rows])}
+    """Return the active catalogue by code: the seed, overridden and extended by imports."""
+    drugs = dict(seed_drugs())
+    rows = session.scalars(select(CatalogueDrug)).all()
+    active = [r.row for r in rows if r.active]
+    for row in rows:
+        if not row.active:
+            drugs.pop(row.code, None)
+    if active:
+        drugs.update({d.code: d for d in parse_drug_rows(active)})
+    return drugs
 
 
 def get_drug(session: Session, code: str) -> Drug | None:
     """Return one active drug of the catalogue, or None."""
-    ensure_catalogue(session)
     row = session.get(CatalogueDrug, code.strip())
-    if row is None or not row.active:
-        return None
-    return parse_drug_rows([row.row])[0]
+    if row is not None:
+        return parse_drug_rows([row.row])[0] if row.active else None
+    return seed_drugs().get(code.strip())
 
 
 def search_drugs(session: Session, query: str, limit: int = 20) -> list[Drug]:
     """Find drugs by code, name or ingredient, with or without diacritics."""
-    ensure_catalogue(session)
     words = fold(query).split()
     if not words:
         return []
-    stmt = select(CatalogueDrug).where(CatalogueDrug.active.is_(True))
+    stmt = select(CatalogueDrug)
     for word in words:
         stmt = stmt.where(CatalogueDrug.search_text.contains(word, autoescape=True))
-    rows = session.scalars(stmt.order_by(CatalogueDrug.name).limit(limit)).all()
-    return parse_drug_rows([r.row for r in rows]) if rows else []
+    rows = session.scalars(stmt.limit(limit)).all()
+    overridden = set(session.scalars(select(CatalogueDrug.code)))
+    found = {d.code: d for d in parse_drug_rows([r.row for r in rows if r.active])} if rows else {}
+    for drug in seed_drugs().values():
+        text = fold(f"{drug.code} {drug.name} {' '.join(drug.ingredient_names)}")
+        if drug.code not in overridden and all(w in text for w in words):
+            found[drug.code] = drug
+    return sorted(found.values(), key=lambda d: d.name)[:limit]
 
 
 @dataclass(frozen=True)

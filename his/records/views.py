@@ -580,6 +580,23 @@ def verify_command(target: str) -> None:
     sys.exit(0 if all(r.valid for r in reports) else 1)
 
 
+@bp.cli.command("import-drugs")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+@with_appcontext
+def import_drugs_command(path: str) -> None:
+    """Add or update drugs of the catalogue from a CSV file (columns as in the seed file)."""
+    from pathlib import Path
+
+    with get_database().session_scope() as session:
+        try:
+            count = services.import_drugs(session, Path(path).read_text(encoding="utf-8"))
+        except ValidationFailed as exc:
+            for field_name, problem in exc.fields.items():
+                click.echo(f"{field_name}: {problem}", err=True)
+            sys.exit(1)
+    click.echo(f"{count} drugs imported.")
+
+
 @bp.cli.command("send-prescriptions")
 @click.option("--endpoint", required=True, help="URL of the national prescription system.")
 @with_appcontext

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
+from flask import Flask
 
+from his.db import get_database
 from his.errors import ValidationFailed
+from his.records import services
 from his.records.catalogue import (
     dose_limits,
     icd10,
@@ -100,3 +104,28 @@ def test_drug_csv_import_names_every_bad_line() -> None:
     with pytest.raises(ValidationFailed) as caught:
         parse_drug_csv("code,name\nA,B\n")
     assert "ingredients" in caught.value.fields
+
+
+def test_imported_drugs_extend_and_override_the_seed(app: Flask, tmp_path: Path) -> None:
+    path = tmp_path / "thuoc.csv"
+    path.write_text(
+        "code,name,ingredients,unit,price,antibiotic,atc,ddd,ddd_unit,classes\n"
+        "VD-9999-24,Cefuroxim 250 mg,cefuroxime 250 mg,viên,4.500,1,J01DC02,0.5,g,cephalosporin;antibiotic\n"
+        "VTS0001,Paracetamol 500 mg (giá mới),paracetamol 500 mg,viên,700,0,N02BE01,,,analgesic\n",
+        encoding="utf-8",
+    )
+    runner = app.test_cli_runner()
+    result = runner.invoke(args=["import-drugs", str(path)])
+    assert result.exit_code == 0, result.output
+    bad = tmp_path / "bad.csv"
+    bad.write_text("code,name,ingredients,unit\nX,,sai,viên\n", encoding="utf-8")
+    refused = runner.invoke(args=["import-drugs", str(bad)])
+    assert refused.exit_code == 1
+    assert "line 2: ingredients" in refused.output
+    with app.app_context(), get_database(app).session_scope() as session:
+        assert {d.code for d in services.search_drugs(session, "cefuroxim")} == {"VTS0029", "VD-9999-24"}
+        assert services.get_drug(session, "VTS0001").price == Decimal(700)
+        assert len(services.catalogue(session)) == len(seed_drugs()) + 1
+        services.withdraw_drug(session, "VTS0005")
+        assert services.get_drug(session, "VTS0005") is None
+        assert "VTS0005" not in {d.code for d in services.search_drugs(session, "ibuprofen")}
