@@ -72,6 +72,19 @@ def load(server: Server) -> tuple[list[str], list[str]]:
     return patient_ids, observation_ids
 
 
+def analyze(database_url: str) -> None:
+    """Refresh the planner's statistics, as autovacuum would soon after a bulk load."""
+    from sqlalchemy import text
+
+    from his.db import make_engine
+
+    engine = make_engine(database_url)
+    with engine.connect() as connection:
+        connection.execute(text("ANALYZE"))
+        connection.commit()
+    engine.dispose()
+
+
 def run(server: Server, name: str, paths: list[str], clients: int, duration: float) -> Figures:
     """Send GETs for ``paths`` (round robin) from ``clients`` threads for ``duration`` seconds."""
     host, port = server.url.removeprefix("http://").split(":")
@@ -120,6 +133,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp, database(target, Path(tmp)) as url:
             with serve(url, Path(tmp), workers=args.workers, threads=8) as server:
                 patient_ids, observation_ids = load(server)
+                analyze(url)
                 base = "/fhir/R4"
                 scenarios: list[tuple[str, list[str]]] = [
                     ("GET /healthz", ["/healthz"]),

@@ -142,7 +142,7 @@ class FhirIndexReference(Base):
 
     __table_args__ = (
         Index("ix_fhir_idx_reference_resource", "res_type", "res_id", "param"),
-        Index("ix_fhir_idx_reference_target", "target_type", "target_id", "param", "res_type"),
+        Index("ix_fhir_idx_reference_target_id", "target_id", "target_type", "param", "res_type"),
     )
 
 

@@ -876,6 +876,8 @@ def _value_condition(param: SearchParam, modifier: str | None, raw: str, table: 
             return and_(table.c.target_type == rtype, table.c.target_id == rid)
         if modifier and modifier[:1].isupper():
             return and_(table.c.target_type == modifier, table.c.target_id == raw)
+        if len(param.targets) == 1:
+            return and_(table.c.target_type == param.targets[0], table.c.target_id == raw)
         return table.c.target_id == raw
     if kind == "uri":
         if modifier == "below":
