@@ -68,26 +68,11 @@ def _note(action: str, entity_type: str, entity_id: str | None = None, patient_i
 def _negotiate() -> None:
     """Refuse XML and oversized bodies before anything else runs."""
     wanted = request.args.get("_format")
-    if wanted is not None:
-        if wanted in XML_TYPES or "xml" in wanted:
-            raise _not_acceptable(wanted)
-        if wanted.split(";")[0].strip() not in JSON_TYPES:
-            raise _not_acceptable(wanted)
-    else:
-        accept = request.accept_mimetypes
-        if accept and not any(
-            accept.accept_json or accept[t] for t in (FHIR_JSON, "application/json", "*/*")
-        ):
-            best = accept.best or ""
-            if best:
-                raise _not_acceptable(best)
-        elif (
-            accept
-            and accept.best in XML_TYPES
-            and accept[FHIR_JSON] < accept[accept.best]
-            and not accept["application/json"]
-        ):
-            raise _not_acceptable(accept.best)
+    if wanted is not None and wanted.split(";")[0].strip() not in JSON_TYPES:
+        raise _not_acceptable(wanted)
+    accept = request.accept_mimetypes
+    if wanted is None and accept and max(accept[FHIR_JSON], accept["application/json"]) == 0:
+        raise _not_acceptable(accept.best or request.headers.get("Accept", ""))
     limit = int(current_app.config.get("MAX_CONTENT_LENGTH") or 0)
     if limit and request.content_length is not None and request.content_length > limit:
         message = f"The request body is {request.content_length} bytes; the limit is {limit}."
