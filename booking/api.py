@@ -12,10 +12,9 @@ from sqlalchemy import select
 
 from booking import services
 from booking.blueprint import bp
-from booking.jobs import queue_messages
 from booking.models import Booking, Clinic, ClinicSession
 from his import audit
-from his.db import as_utc, begin_immediate, get_session, utcnow
+from his.db import begin_immediate, get_session, utcnow
 from his.errors import N_, BadRequest, Forbidden, NotFound, UnsupportedMediaType, ValidationFailed
 from his.i18n import local_zone
 from his.openapi import api_doc
@@ -347,8 +346,8 @@ def create_booking() -> tuple[Response, int]:
     booking = result.booking
     if not result.replayed:
         audit.record("create", "Appointment", booking.appointment_id, patient_id=patient_id)
-        queue_messages(booking, "confirm", as_utc(booking.estimated_call_at), zone())
-    response = jsonify(services.booking_view(session, booking, secret=signing_secret()))
+    # The counter row stays locked until the request commits: answer from what is known.
+    response = jsonify(services.booking_view(session, booking, secret=signing_secret(), live=result.replayed))
     response.headers["Location"] = f"/api/v1/bookings/{booking.id}"
     if result.replayed:
         response.headers["Idempotent-Replayed"] = "true"

@@ -18,7 +18,7 @@ from flask_babel import gettext as _
 from sqlalchemy import select
 
 from booking import notifications, services
-from booking.models import Booking, ClinicSession
+from booking.models import Booking, ClinicSession, Notification
 from his.db import as_utc, begin_immediate, get_session, utcnow
 from his.jobs import register_job
 
@@ -149,11 +149,34 @@ def soon_reminders(app: Flask) -> dict[str, int]:
     return {"queued": queued, **counts}
 
 
+def queue_confirmations(app: Flask, *, within: timedelta = timedelta(hours=2)) -> int:
+    """Queue a confirmation for each recent online booking that has none yet.
+
+    Done here rather than in the booking request, so the request holds its counter lock
+    for as short a time as possible.
+    """
+    session = get_session()
+    zone = _zone(app)
+    confirmed = select(Notification.booking_id).where(Notification.kind == "confirm")
+    bookings = session.scalars(
+        select(Booking)
+        .where(
+            Booking.channel == "online",
+            Booking.status == "booked",
+            Booking.created_at >= utcnow() - within,
+            Booking.id.not_in(confirmed),
+        )
+        .order_by(Booking.id)
+    ).all()
+    return sum(queue_messages(b, "confirm", as_utc(b.estimated_call_at), zone) for b in bookings)
+
+
 def deliver_notifications(app: Flask) -> dict[str, int]:
-    """Deliver whatever the outbox holds (confirmations, retries)."""
+    """Queue confirmations of new bookings, then deliver whatever the outbox holds (and retries)."""
     session = get_session()
     begin_immediate(session)
-    return notifications.deliver_pending(session, channels_for(app))
+    queued = queue_confirmations(app)
+    return {"queued": queued, **notifications.deliver_pending(session, channels_for(app))}
 
 
 register_job("booking.generate_sessions", generate_sessions, "cron", hour=1, minute=0)

@@ -577,20 +577,20 @@ def book(
     if earlier is not None:
         return BookingResult(earlier, replayed=True)
     clinic_session = _check_bookable(session.get(ClinicSession, request.session_id), zone, now, online=True)
+    # Everything that does not need the number happens before the counter row is locked,
+    # so that the lock is held for as short a time as possible. A counter only goes up, so
+    # reading it full without the lock is already the final answer.
+    if remaining_online(session, clinic_session) == 0:
+        raise _session_full(session, clinic_session, zone, now)
     existing = _active_booking(session, clinic_session.id, request.patient_id)
     if existing is not None:
         raise _already_booked(existing)
+    _prepare_patient(session, request.patient_id, clinic_session)
     try:
         with session.begin_nested():
             number = allocate_queue_number(session, clinic_session, "online")
             if number is None:
-                following = next_session_with_room(session, clinic_session, zone, now)
-                raise SessionFull(
-                    extra={
-                        "session_id": clinic_session.id,
-                        "next_session": session_summary(session, following, zone, now) if following else None,
-                    }
-                )
+                raise _session_full(session, clinic_session, zone, now)
             booking = _new_booking(session, clinic_session, request, number, "online", now)
     except IntegrityError:
         # A concurrent request with the same key, or for the same patient, committed first.
@@ -612,6 +612,32 @@ def book(
         },
     )
     return BookingResult(booking, replayed=False)
+
+
+def _session_full(
+    session: Session, clinic_session: ClinicSession, zone: ZoneInfo, now: datetime
+) -> SessionFull:
+    following = next_session_with_room(session, clinic_session, zone, now)
+    return SessionFull(
+        extra={
+            "session_id": clinic_session.id,
+            "next_session": session_summary(session, following, zone, now) if following else None,
+        }
+    )
+
+
+def _prepare_patient(session: Session, patient_id: str, clinic_session: ClinicSession) -> None:
+    """Check the patient exists and let the clinic's site see them (before any lock is taken).
+
+    Raises NotFound (PATIENT_NOT_FOUND) for an unknown or deleted patient.
+    """
+    from his.errors import VetinhError
+
+    try:
+        store.read(session, "Patient", patient_id)
+    except VetinhError:
+        raise NotFound(N_("There is no such patient."), code="PATIENT_NOT_FOUND") from None
+    grant_site_access(patient_id, clinic_session.clinic.site_id, reason="booking")
 
 
 def _new_booking(
@@ -644,7 +670,11 @@ def _new_booking(
 
 
 def _after_booking(session: Session, clinic_session: ClinicSession, booking: Booking) -> None:
-    """Write the Appointment, mark the Slot busy when full, and let the clinic's site see the patient."""
+    """Write the Appointment, and mark the Slot busy when the last online number went.
+
+    Its references (the patient, the clinic's Location, the session's Slot) were checked or
+    written before, so the store does not look them up again while the counter is locked.
+    """
     clinic = clinic_session.clinic
     stored = store.create(
         session,
@@ -661,13 +691,13 @@ def _after_booking(session: Session, clinic_session: ClinicSession, booking: Boo
             created_at=_aware(booking.created_at),
             channel=booking.channel,
         ),
+        check_references=False,
     )
     booking.appointment_id = stored.id
-    if (
-        booking.channel == "online"
-        and clinic_session.slot_id
-        and remaining_online(session, clinic_session) == 0
-    ):
+    last_online = (
+        clinic_session.online_first + (clinic_session.online_capacity - 1) * clinic_session.online_step
+    )
+    if booking.channel == "online" and clinic_session.slot_id and booking.queue_number == last_online:
         store.update(
             session,
             "Slot",
@@ -681,8 +711,8 @@ def _after_booking(session: Session, clinic_session: ClinicSession, booking: Boo
                     full=True,
                 ),
             },
+            check_references=False,
         )
-    grant_site_access(booking.patient_id, clinic.site_id, reason="booking")
     session.flush()
 
 
@@ -870,6 +900,7 @@ def register_walk_in(
     existing = _active_booking(session, clinic_session.id, request.patient_id)
     if existing is not None:
         raise _already_booked(existing)
+    _prepare_patient(session, request.patient_id, clinic_session)
     number = allocate_queue_number(session, clinic_session, "walkin")
     if number is None:
         raise Conflict(N_("This session has no walk-in numbers left."), code="WALKIN_FULL")
@@ -1103,12 +1134,19 @@ def queue_position(session: Session, booking: Booking, now: datetime | None = No
 
 
 def booking_view(
-    session: Session, booking: Booking, *, secret: str, now: datetime | None = None
+    session: Session, booking: Booking, *, secret: str, now: datetime | None = None, live: bool = True
 ) -> dict[str, Any]:
-    """Describe a booking for its owner: number, times, live position, check-in code."""
+    """Describe a booking for its owner: number, times, live position, check-in code.
+
+    ``live=False`` (a booking just made) skips the position queries and gives the planned time.
+    """
     clinic_session = booking.session
     clinic = clinic_session.clinic
-    position = queue_position(session, booking, now)
+    position = (
+        queue_position(session, booking, now)
+        if live
+        else QueuePosition(_numbers_before(clinic_session, booking.queue_number), None, None)
+    )
     estimate = position.estimated_call_at or _aware(booking.estimated_call_at)
     return {
         "id": booking.id,

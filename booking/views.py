@@ -175,7 +175,6 @@ def book_submit() -> BaseResponse:
     booking = result.booking
     if not result.replayed:
         audit.record("create", "Appointment", booking.appointment_id, patient_id=patient_id)
-        api.queue_messages(booking, "confirm", as_utc(booking.estimated_call_at), api.zone())
     return _back("booking.booking_page", booking_id=booking.id)
 
 
