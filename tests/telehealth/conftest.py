@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import os
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -21,6 +21,23 @@ from his.patients import PatientDetails, create_patient
 from tests.conftest import TEST_PASSWORD
 
 REDIS_URL = os.environ.get("VETINH_TEST_REDIS_URL", "")
+
+
+@pytest.fixture(scope="session")
+def media_browser() -> Iterator[Any]:
+    """Start one Chromium with fake camera and microphone for every call-page test."""
+    from tests.browser import chromium
+
+    with chromium(media=True) as browser:
+        yield browser
+
+
+@pytest.fixture
+def call_pages(media_browser: Any) -> Iterator[Any]:
+    """Give a test its own browser context (its pages close with it)."""
+    context = media_browser.new_context()
+    yield context
+    context.close()
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ from typing import Any
 import pytest
 from flask_babel import force_locale, gettext
 
-from tests.browser import chromium
 from tests.conftest import LiveServer
 from tests.telehealth.conftest import link_of
 
@@ -27,8 +26,8 @@ def vietnamese(server: LiveServer, text: str) -> str:
         return str(gettext(text))
 
 
-def _open_call(browser: Any, url: str) -> Any:
-    page = browser.new_context().new_page()
+def _open_call(context: Any, url: str) -> Any:
+    page = context.new_page()
     page.goto(url)
     # The preview starts by itself: the camera shows before joining.
     page.wait_for_function("() => document.getElementById('local-video').videoWidth > 0", timeout=10_000)
@@ -41,55 +40,53 @@ def _frames(page: Any) -> int | None:
 
 
 def test_two_pages_see_each_others_video_within_five_seconds(
-    live_server: LiveServer, consult_room: dict[str, Any]
+    live_server: LiveServer, consult_room: dict[str, Any], call_pages: Any
 ) -> None:
-    with chromium(media=True) as browser:
-        doctor = _open_call(browser, f"{live_server.url}/telehealth/call#{link_of(consult_room, 'host')}")
-        specialist = _open_call(
-            browser, f"{live_server.url}/telehealth/call#{link_of(consult_room, 'specialist')}"
-        )
+    doctor = _open_call(call_pages, f"{live_server.url}/telehealth/call#{link_of(consult_room, 'host')}")
+    specialist = _open_call(
+        call_pages, f"{live_server.url}/telehealth/call#{link_of(consult_room, 'specialist')}"
+    )
 
-        started = time.monotonic()
-        doctor.get_by_test_id("join-button").click()
-        doctor.wait_for_function("() => !document.getElementById('controls').hidden", timeout=5_000)
-        specialist.get_by_test_id("join-button").click()
-        for page in (doctor, specialist):
-            page.wait_for_function(REMOTE_FRAMES, timeout=max(1.0, 5.0 - (time.monotonic() - started)) * 1000)
-        first = [_frames(doctor), _frames(specialist)]
-        time.sleep(0.5)
-        second = [_frames(doctor), _frames(specialist)]
-        elapsed = time.monotonic() - started
+    started = time.monotonic()
+    doctor.get_by_test_id("join-button").click()
+    doctor.wait_for_function("() => !document.getElementById('controls').hidden", timeout=5_000)
+    specialist.get_by_test_id("join-button").click()
+    for page in (doctor, specialist):
+        page.wait_for_function(REMOTE_FRAMES, timeout=max(1.0, 5.0 - (time.monotonic() - started)) * 1000)
+    first = [_frames(doctor), _frames(specialist)]
+    time.sleep(0.5)
+    second = [_frames(doctor), _frames(specialist)]
+    elapsed = time.monotonic() - started
 
-        assert elapsed < 5.0
-        assert all(b is not None and a is not None and b > a for a, b in zip(first, second, strict=True))
-        assert doctor.get_by_test_id("call-status").inner_text() == vietnamese(
-            live_server, "You are in the call."
-        )
-        assert specialist.locator("#remote-videos figcaption").inner_text().startswith("Trần Thị Lan")
-        assert vietnamese(live_server, "Time left") in doctor.get_by_test_id("countdown").inner_text()
+    assert elapsed < 5.0
+    assert all(b is not None and a is not None and b > a for a, b in zip(first, second, strict=True))
+    assert doctor.get_by_test_id("call-status").inner_text() == vietnamese(
+        live_server, "You are in the call."
+    )
+    assert specialist.locator("#remote-videos figcaption").inner_text().startswith("Trần Thị Lan")
+    assert vietnamese(live_server, "Time left") in doctor.get_by_test_id("countdown").inner_text()
 
 
 def test_precall_echo_shows_the_patient_their_own_camera_and_microphone(
-    live_server: LiveServer, visit_room: dict[str, Any]
+    live_server: LiveServer, visit_room: dict[str, Any], call_pages: Any
 ) -> None:
-    with chromium(media=True) as browser:
-        page = _open_call(browser, f"{live_server.url}/telehealth/call#{link_of(visit_room, 'patient')}")
+    page = _open_call(call_pages, f"{live_server.url}/telehealth/call#{link_of(visit_room, 'patient')}")
 
-        page.get_by_test_id("test-button").click()
-        for check in ("camera", "mic", "connection"):
-            page.wait_for_selector(f'#echo [data-check="{check}"][data-state="ok"]', timeout=15_000)
-        frames = page.evaluate(
-            "() => document.getElementById('echo-video').getVideoPlaybackQuality().totalVideoFrames"
-        )
-        time.sleep(0.5)
-        later = page.evaluate(
-            "() => document.getElementById('echo-video').getVideoPlaybackQuality().totalVideoFrames"
-        )
+    page.get_by_test_id("test-button").click()
+    for check in ("camera", "mic", "connection"):
+        page.wait_for_selector(f'#echo [data-check="{check}"][data-state="ok"]', timeout=15_000)
+    frames = page.evaluate(
+        "() => document.getElementById('echo-video').getVideoPlaybackQuality().totalVideoFrames"
+    )
+    time.sleep(0.5)
+    later = page.evaluate(
+        "() => document.getElementById('echo-video').getVideoPlaybackQuality().totalVideoFrames"
+    )
 
-        assert page.evaluate("() => document.getElementById('echo-video').videoWidth") > 0
-        assert later > frames
-        assert page.get_by_test_id("echo-results").inner_text().split("\n") == [
-            vietnamese(live_server, "Camera works"),
-            vietnamese(live_server, "Microphone works"),
-            vietnamese(live_server, "Connection works"),
-        ]
+    assert page.evaluate("() => document.getElementById('echo-video').videoWidth") > 0
+    assert later > frames
+    assert page.get_by_test_id("echo-results").inner_text().split("\n") == [
+        vietnamese(live_server, "Camera works"),
+        vietnamese(live_server, "Microphone works"),
+        vietnamese(live_server, "Connection works"),
+    ]

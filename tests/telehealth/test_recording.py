@@ -15,7 +15,6 @@ from sqlalchemy import select
 from fhir import services as store
 from his.db import get_database
 from telehealth.models import Recording
-from tests.browser import chromium
 from tests.conftest import LiveServer
 from tests.telehealth.conftest import call_headers, link_of
 from tests.telehealth.peers import CallPeer, LoopThread
@@ -52,52 +51,49 @@ def test_recording_needs_everyones_consent(client: FlaskClient, consult_room: di
 
 @pytest.mark.e2e
 def test_a_call_between_chromium_and_an_aiortc_peer_is_recorded_with_video(
-    live_server: LiveServer, consult_room: dict[str, Any], app: Flask
+    live_server: LiveServer, consult_room: dict[str, Any], app: Flask, call_pages: Any
 ) -> None:
     url = live_server.url
     host_token = link_of(consult_room, "host")
     loop = LoopThread()
     doctor = CallPeer(url, host_token, hue=40)
     try:
-        with chromium(media=True) as browser:
-            page = browser.new_context().new_page()
-            page.goto(f"{url}/telehealth/call#{link_of(consult_room, 'specialist')}")
-            page.wait_for_function(
-                "() => document.getElementById('local-video').videoWidth > 0", timeout=10_000
-            )
-            page.get_by_test_id("join-button").click()
-            page.wait_for_function("() => !document.getElementById('controls').hidden", timeout=5_000)
-            page.get_by_test_id("consent").check()
-            loop.run(doctor.join())
-            page.wait_for_function(
-                "() => { const v = document.querySelector('#remote-videos video'); return v && v.videoWidth > 0; }",
-                timeout=10_000,
-            )
-            requests.post(
-                url + "/api/v1/telehealth/call/consent",
-                json={"given": True},
-                headers=call_headers(host_token),
-                timeout=10,
-            )
-            started = requests.post(
-                url + "/api/v1/telehealth/call/recording",
-                json={"action": "start"},
-                headers=call_headers(host_token),
-                timeout=10,
-            )
-            assert started.status_code == 200, started.text
-            page.get_by_test_id("recording-banner").wait_for(state="visible", timeout=5_000)
-            deadline = time.monotonic() + 15
-            while time.monotonic() < deadline and not _recording_rows(app):
-                time.sleep(0.2)
-            time.sleep(3.0)
-            stopped = requests.post(
-                url + "/api/v1/telehealth/call/recording",
-                json={"action": "stop"},
-                headers=call_headers(host_token),
-                timeout=20,
-            )
-            page.get_by_test_id("recording-banner").wait_for(state="hidden", timeout=5_000)
+        page = call_pages.new_page()
+        page.goto(f"{url}/telehealth/call#{link_of(consult_room, 'specialist')}")
+        page.wait_for_function("() => document.getElementById('local-video').videoWidth > 0", timeout=10_000)
+        page.get_by_test_id("join-button").click()
+        page.wait_for_function("() => !document.getElementById('controls').hidden", timeout=5_000)
+        page.get_by_test_id("consent").check()
+        loop.run(doctor.join())
+        page.wait_for_function(
+            "() => { const v = document.querySelector('#remote-videos video'); return v && v.videoWidth > 0; }",
+            timeout=10_000,
+        )
+        requests.post(
+            url + "/api/v1/telehealth/call/consent",
+            json={"given": True},
+            headers=call_headers(host_token),
+            timeout=10,
+        )
+        started = requests.post(
+            url + "/api/v1/telehealth/call/recording",
+            json={"action": "start"},
+            headers=call_headers(host_token),
+            timeout=10,
+        )
+        assert started.status_code == 200, started.text
+        page.get_by_test_id("recording-banner").wait_for(state="visible", timeout=5_000)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and not _recording_rows(app):
+            time.sleep(0.2)
+        time.sleep(3.0)
+        stopped = requests.post(
+            url + "/api/v1/telehealth/call/recording",
+            json={"action": "stop"},
+            headers=call_headers(host_token),
+            timeout=20,
+        )
+        page.get_by_test_id("recording-banner").wait_for(state="hidden", timeout=5_000)
     finally:
         loop.run(doctor.close())
         loop.close()
