@@ -43,6 +43,8 @@ class Slide(Base):
     scanned_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     imaging_study_id: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # How far the pyramid-building job got (0 to 1) while the slide is ``processing``.
+    pyramid_progress: Mapped[float | None] = mapped_column(Float)
 
 
 CASE_STATUSES = ("new", "in_progress", "reported")

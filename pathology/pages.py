@@ -34,10 +34,17 @@ from pathology.images import has_label
 from pathology.ingest import ingest
 from pathology.models import CASE_STATUSES, ConsultCase
 from pathology.reports import get_report, save_draft, verify_report
-from pathology.services import ensure_may_upload, may_see_label, readable_slide, slide_patient_id
+from pathology.services import (
+    ensure_may_upload,
+    may_see_label,
+    queue_pyramid,
+    readable_slide,
+    slide_patient_id,
+    tile_key,
+)
 from pathology.store import slide_store
 from pathology.tiles import tile_server
-from pathology.views import bp, max_slide_bytes, open_case, report_input, sign_case_report
+from pathology.views import bp, max_slide_bytes, open_case, pyramid_min_side, report_input, sign_case_report
 
 add_nav_item(
     "pathology.worklist_page", _l("Pathology worklist"), {"pathologist"}, icon="microscope", order=40
@@ -123,6 +130,7 @@ def new_case_page() -> str | BaseResponse | tuple[str, int]:
                     if result.created:
                         uploaded.append(slide_store().slide_folder(site.code, result.slide.id))
                         audit.record("create", "Slide", result.slide.id)
+                        queue_pyramid(result.slide, pyramid_min_side())
                     slide_ids.append(result.slide.id)
             case = open_case(
                 CaseRequest(
@@ -235,7 +243,7 @@ def viewer_page(slide_id: str) -> str:
     show_label = False
     if may_see_label(session, principal, slide):
         try:
-            show_label = has_label(tile_server(), slide.id, slide_store().resolve(slide.stored_path))
+            show_label = has_label(tile_server(), tile_key(slide), slide_store().resolve(slide.stored_path))
         except VetinhError:
             show_label = False
     frozen = annotations_frozen(session, slide)

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import PurePosixPath
 from typing import Any
 
 from sqlalchemy.orm import Session
 
 from his import audit
-from his.errors import N_, Forbidden, NotFound
+from his.errors import N_, Conflict, Forbidden, NotFound
 from his.models import Site
 from his.security import Principal
 from pathology.fhir_mapping import imaging_study
 from pathology.models import ConsultCase, Slide
+from pathology.pyramid import needs_pyramid
 
 UPLOAD_ROLES = frozenset({"doctor", "nurse", "pathologist"})
 READ_ROLES = frozenset({"doctor", "nurse", "pathologist"})
@@ -22,6 +24,11 @@ LABEL_ROLES = frozenset({"doctor", "pathologist"})
 class SlideNotFound(NotFound):
     code = "SLIDE_NOT_FOUND"
     message = N_("There is no such slide.")
+
+
+class SlideNotReady(Conflict):
+    code = "SLIDE_NOT_READY"
+    message = N_("The slide is still being prepared for viewing; it opens when it is ready.")
 
 
 class SlideAccessDenied(Forbidden):
@@ -113,6 +120,26 @@ def readable_slide(
     return slide
 
 
+def tile_key(slide: Slide) -> str:
+    """Name the slide's file for the tile server's caches: a rebuilt pyramid is a new file with new tiles."""
+    return f"{slide.id}:{PurePosixPath(slide.stored_path).name}"
+
+
+def ensure_viewable(slide: Slide) -> None:
+    """Raise SlideNotReady while the slide's pyramid is being built (or failed)."""
+    if slide.status != "ready":
+        raise SlideNotReady()
+
+
+def queue_pyramid(slide: Slide, min_side: int) -> bool:
+    """Mark a newly accepted single-level slide for the pyramid-building job; tell whether it was."""
+    if slide.status == "ready" and needs_pyramid(slide.level_count, slide.width, slide.height, min_side):
+        slide.status = "processing"
+        slide.pyramid_progress = 0.0
+        return True
+    return False
+
+
 def ensure_may_upload(session: Session, principal: Principal) -> Site:
     """Return the site a principal uploads slides for.
 
@@ -162,5 +189,6 @@ def slide_summary(slide: Slide) -> dict[str, Any]:
         "scanned_at": slide.scanned_at.isoformat() if slide.scanned_at else None,
         "created_at": slide.created_at.isoformat() if slide.created_at else None,
         "imaging_study": f"ImagingStudy/{slide.imaging_study_id}" if slide.imaging_study_id else None,
+        "progress": 1.0 if slide.status == "ready" else slide.pyramid_progress,
         "dzi": f"/slides/{slide.id}.dzi",
     }

@@ -35,14 +35,18 @@ from pathology.cases import (
 from pathology.images import label_image, thumbnail
 from pathology.ingest import ingest, too_large
 from pathology.models import CASE_STATUSES, ConsultCase
+from pathology.pyramid import DEFAULT_MIN_SIDE
 from pathology.reports import ReportInput, get_report, report_summary, save_draft, sign_report, verify_report
 from pathology.services import (
     ensure_may_upload,
+    ensure_viewable,
     may_see_label,
+    queue_pyramid,
     readable_slide,
     record_imaging_study,
     slide_patient_id,
     slide_summary,
+    tile_key,
 )
 from pathology.store import slide_store
 from pathology.tiles import tile_server
@@ -66,6 +70,11 @@ SLIDE_OUTPUT = {
     "properties": {
         "id": {"type": "string"},
         "status": {"type": "string", "enum": ["processing", "ready", "failed"]},
+        "progress": {
+            "type": "number",
+            "nullable": True,
+            "description": "share of the pyramid built (0 to 1) while processing",
+        },
         "duplicate": {
             "type": "boolean",
             "description": "true when this file was already uploaded by the site",
@@ -88,6 +97,11 @@ SLIDE_OUTPUT = {
         "dzi": {"type": "string", "description": "URL of the Deep Zoom descriptor"},
     },
 }
+
+
+def pyramid_min_side() -> int:
+    """Return the longest side (px) above which a single-level slide gets a pyramid built."""
+    return int(current_app.config.get("PATHOLOGY_PYRAMID_MIN_SIDE", DEFAULT_MIN_SIDE))
 
 
 def max_slide_bytes() -> int:
@@ -164,6 +178,7 @@ def upload_slide() -> tuple[Response, int]:
                 slide_store().discard(slide_store().slide_folder(site.code, slide.id))
                 raise
         audit.record("create", "Slide", slide.id, patient_id=patient_id)
+        queue_pyramid(slide, pyramid_min_side())
         if slide.status == "ready":
             publish("slide.ready", {"slide_id": slide.id, "site": site.code, "case_id": slide.case_id})
     else:
@@ -204,10 +219,11 @@ def _cacheable(body: bytes | str, mimetype: str, etag: str) -> Response:
 def slide_dzi(slide_id: str) -> Response:
     """Return the Deep Zoom descriptor of a slide; opening it counts as viewing the slide."""
     slide = readable_slide(get_session(), current_principal(), slide_id)
+    ensure_viewable(slide)
     path = slide_store().resolve(slide.stored_path)
     server = tile_server()
-    etag = server.etag(slide.id, slide.sha256, path)
-    return _cacheable(server.dzi(slide.id, path), "application/xml", etag)
+    etag = server.etag(tile_key(slide), slide.sha256, path)
+    return _cacheable(server.dzi(tile_key(slide), path), "application/xml", etag)
 
 
 @bp.get("/slides/<slide_id>_files/<int:level>/<int:col>_<int:row>.jpeg")
@@ -215,8 +231,9 @@ def slide_dzi(slide_id: str) -> Response:
 def slide_tile(slide_id: str, level: int, col: int, row: int) -> Response:
     """Return one Deep Zoom tile of a slide."""
     slide = readable_slide(get_session(), current_principal(), slide_id, audit_read=False)
+    ensure_viewable(slide)
     path = slide_store().resolve(slide.stored_path)
-    tile = tile_server().tile(slide.id, slide.sha256, path, level, col, row)
+    tile = tile_server().tile(tile_key(slide), slide.sha256, path, level, col, row)
     response = _cacheable(tile.data, "image/jpeg", tile.etag)
     response.headers["X-Tile-Source"] = "native" if tile.native else "rendered"
     return response
@@ -399,9 +416,8 @@ def slide_thumbnail(slide_id: str) -> Response:
     slide = readable_slide(get_session(), current_principal(), slide_id, audit_read=False)
     path = slide_store().resolve(slide.stored_path)
     server = tile_server()
-    return _cacheable(
-        thumbnail(server, slide.id, path), "image/jpeg", server.etag(slide.id, slide.sha256, path, -1)
-    )
+    key = tile_key(slide)
+    return _cacheable(thumbnail(server, key, path), "image/jpeg", server.etag(key, slide.sha256, path, -1))
 
 
 @bp.get("/slides/<slide_id>/label.jpeg")
@@ -415,7 +431,7 @@ def slide_label(slide_id: str) -> Response:
         audit.record("read", "SlideLabel", slide.id, outcome="denied")
         raise Forbidden(N_("You may not see this slide's label."), code="SLIDE_LABEL_DENIED")
     path = slide_store().resolve(slide.stored_path)
-    data = label_image(tile_server(), slide.id, path)
+    data = label_image(tile_server(), tile_key(slide), path)
     audit.record("read", "SlideLabel", slide.id, patient_id=slide_patient_id(session, slide))
     response = Response(data, mimetype="image/jpeg")
     response.headers["Cache-Control"] = "private, no-store"
@@ -620,4 +636,4 @@ def sign_case_report(case: ConsultCase) -> None:
     )
 
 
-from pathology import pages  # noqa: E402, F401  (registers the pages on the blueprint)
+from pathology import jobs, pages  # noqa: E402, F401  (registers the pages and the jobs)

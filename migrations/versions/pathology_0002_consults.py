@@ -1,4 +1,4 @@
-"""pathology: consult cases, their reports and slide annotations
+"""pathology: consult cases, their reports, slide annotations, pyramid progress
 
 Revision ID: pathology_0002
 Revises: pathology_0001
@@ -17,6 +17,8 @@ depends_on = None
 
 
 def upgrade() -> None:
+    with op.batch_alter_table("pathology_slides", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("pyramid_progress", sa.Float(), nullable=True))
     op.create_table(
         "pathology_cases",
         sa.Column("id", sa.String(length=32), nullable=False),
@@ -104,3 +106,5 @@ def downgrade() -> None:
     op.drop_table("pathology_annotations")
     op.drop_table("pathology_reports")
     op.drop_table("pathology_cases")
+    with op.batch_alter_table("pathology_slides", schema=None) as batch_op:
+        batch_op.drop_column("pyramid_progress")

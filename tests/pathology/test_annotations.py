@@ -29,7 +29,7 @@ def case(district: SlideClient) -> dict[str, Any]:
 
 
 def test_annotations_round_trip_in_micrometres_with_server_side_measures(
-    district: SlideClient, central: SlideClient, case: dict[str, Any]
+    district: SlideClient, central: SlideClient, slides_as: Any, case: dict[str, Any]
 ) -> None:
     slide_id = case["slides"][0]["id"]
     rectangle = [[[100.0, 200.0], [400.0, 200.0], [400.0, 600.0], [100.0, 600.0], [100.0, 200.0]]]
@@ -56,6 +56,10 @@ def test_annotations_round_trip_in_micrometres_with_server_side_measures(
     assert all(f["properties"]["calibrated"] is True for f in features)
     assert {f["properties"]["author"] for f in features} == {"Test Pathologist"}
 
+    central_doctor = slides_as("doctor", "CENT")
+    assert central_doctor.get(f"/api/v1/slides/{slide_id}/annotations").status_code == 403
+    assert post(central_doctor, slide_id, feature("point", "Point", [10, 10])).status_code == 403
+
 
 def test_an_annotation_outside_the_slide_or_of_the_wrong_shape_is_refused(
     central: SlideClient, case: dict[str, Any]
@@ -75,17 +79,6 @@ def test_an_annotation_outside_the_slide_or_of_the_wrong_shape_is_refused(
     assert open_ring.status_code == 422
     assert not_geojson.status_code == 422
     assert inside.status_code == 201
-
-
-def test_another_sites_user_cannot_read_or_add_annotations(
-    slides_as: Any, central: SlideClient, case: dict[str, Any]
-) -> None:
-    slide_id = case["slides"][0]["id"]
-    post(central, slide_id, feature("point", "Point", [10, 10]))
-    central_doctor = slides_as("doctor", "CENT")
-
-    assert central_doctor.get(f"/api/v1/slides/{slide_id}/annotations").status_code == 403
-    assert post(central_doctor, slide_id, feature("point", "Point", [10, 10])).status_code == 403
 
 
 def test_only_the_author_deletes_and_a_reported_case_freezes_its_annotations(
