@@ -316,21 +316,19 @@ def _transaction(session: Session, raw_entries: list[Any], check_references: boo
         if entry.full_url and entry.target_id is not None:
             urn_map[entry.full_url] = f"{entry.type}/{entry.target_id}"
     conditional_cache: dict[str, str] = {}
+    found: list[tuple[str, str]] = []
     for entry in entries:
         if entry.resource is not None and entry.existing is None:
-            _rewrite_references(session, entry, urn_map, conditional_cache)
-    written = {
-        (e.type, e.target_id)
-        for e in entries
-        if e.method in ("POST", "PUT") and e.existing is None and e.target_id
-    }
+            seen = _rewrite_references(session, entry, urn_map, conditional_cache)
+            if entry.method in ("POST", "PUT"):
+                found.extend(seen)
     if check_references:
-        items = [
-            (f"{e.where}.resource", e.resource)
+        written = {
+            (e.type, e.target_id)
             for e in entries
-            if e.resource is not None and e.existing is None and e.method in ("POST", "PUT")
-        ]
-        services._check_references(session, items, {(t, i) for t, i in written if i is not None})
+            if e.method in ("POST", "PUT") and e.existing is None and e.target_id is not None
+        }
+        services.check_found_references(session, found, {(t, str(i)) for t, i in written})
     results = _write_all(session, entries)
     for entry in entries:
         if entry.method in ("GET", "HEAD"):
@@ -379,9 +377,12 @@ def _resolve_identity(session: Session, entry: _Entry) -> None:
 
 def _rewrite_references(
     session: Session, entry: _Entry, urn_map: dict[str, str], cache: dict[str, str]
-) -> None:
+) -> list[tuple[str, str]]:
+    """Resolve urn:uuid and conditional references in place; return every reference seen."""
     assert entry.resource is not None
+    seen: list[tuple[str, dict[str, Any]]] = []
     for path, ref in services._reference_paths(entry.resource, f"{entry.where}.resource"):
+        seen.append((path, ref))
         value = ref["reference"]
         if value in urn_map:
             ref["reference"] = urn_map[value]
@@ -403,6 +404,7 @@ def _rewrite_references(
                     )
                 cache[value] = f"{rtype}/{ids[0]}"
             ref["reference"] = cache[value]
+    return [(path, ref["reference"]) for path, ref in seen]
 
 
 def _write_all(session: Session, entries: list[_Entry]) -> dict[int, EntryResult]:

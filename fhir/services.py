@@ -411,13 +411,24 @@ def _check_references(
     ``items`` pairs an expression prefix (``Patient`` or ``Bundle.entry[2].resource``)
     with the resource. Raises ValidationFailed naming the element of the first miss.
     """
+    found = [
+        (path, ref["reference"])
+        for prefix, resource in items
+        for path, ref in _reference_paths(resource, prefix)
+    ]
+    check_found_references(session, found, pending)
+
+
+def check_found_references(
+    session: Session, found: Sequence[tuple[str, str]], pending: set[tuple[str, str]] | None = None
+) -> None:
+    """Check references already collected as (expression, reference) pairs; see ``_check_references``."""
     pending = pending or set()
     wanted: dict[str, dict[str, str]] = defaultdict(dict)
-    for prefix, resource in items:
-        for path, ref in _reference_paths(resource, prefix):
-            rtype, rid, _ = parse_reference(ref["reference"])
-            if rtype and rid and is_resource_type(rtype) and (rtype, rid) not in pending:
-                wanted[rtype].setdefault(rid, path)
+    for path, reference in found:
+        rtype, rid, _ = parse_reference(reference)
+        if rtype and rid and (rtype, rid) not in pending and is_resource_type(rtype):
+            wanted[rtype].setdefault(rid, path)
     for rtype, ids in wanted.items():
         present: set[str] = set()
         id_list = list(ids)
