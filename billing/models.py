@@ -240,3 +240,17 @@ class Payment(Base):
         ForeignKey("billing_bank_notifications.id"), unique=True, nullable=True
     )
     terminal_reference: Mapped[str | None] = mapped_column(String(100), nullable=True)
+
+
+class Refund(Base):
+    """Money given back on an invoice, with the cashier's reason."""
+
+    __tablename__ = "billing_refunds"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    invoice_id: Mapped[int] = mapped_column(ForeignKey("billing_invoices.id"), index=True)
+    channel: Mapped[str] = mapped_column(String(10))
+    amount: Mapped[Decimal] = mapped_column(Money())
+    reason: Mapped[str] = mapped_column(String(500))
+    recorded_by: Mapped[str] = mapped_column(String(80))
+    refunded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -39,7 +39,7 @@ from billing.invoices import (
     invoice_by_reference,
     settle,
 )
-from billing.models import BankNotification, Payment
+from billing.models import BankNotification, Payment, Refund
 from billing.vietqr import build_payload
 from fhir import services as store
 from his import events
@@ -438,3 +438,60 @@ def transfer_summary(notification: BankNotification) -> dict[str, Any]:
         "review_reason": notification.review_reason,
         "invoice_id": notification.invoice_id,
     }
+
+
+REFUND_CHANNELS = ("cash", "card", "transfer")
+
+
+def refund(
+    session: Session, invoice_id: int, *, amount: object, channel: str, reason: str, cashier: str
+) -> Refund:
+    """Give money back on an invoice (at most what was paid), with the cashier's reason. Never commits.
+
+    The invoice's paid amount falls by the refund, so a refunded invoice is open again
+    when it no longer covers what is due (and its charges may then be changed).
+
+    Raises InvalidPayment for an unknown channel, a bad amount, an empty reason or more
+    than was paid.
+    """
+    if channel not in REFUND_CHANNELS:
+        message = N_("Choose cash, card or bank transfer.")
+        raise InvalidPayment(message, fields={"channel": message})
+    value = whole_dong(amount, "amount")
+    text = " ".join(reason.split())[:500]
+    if not text:
+        message = N_("Give a reason.")
+        raise InvalidPayment(message, fields={"reason": message})
+    invoice = get_invoice(session, invoice_id, lock=True)
+    if value > invoice.amount_paid:
+        message = N_("A refund cannot be more than what was paid.")
+        raise InvalidPayment(message, fields={"amount": message}, extra={"paid": str(invoice.amount_paid)})
+    given_back = Refund(
+        invoice_id=invoice.id, channel=channel, amount=value, reason=text, recorded_by=cashier
+    )
+    session.add(given_back)
+    invoice.amount_paid = invoice.amount_paid - value
+    settle(invoice)
+    session.flush()
+    if invoice.invoice_resource_id:
+        resource = store.read(session, "Invoice", invoice.invoice_resource_id).resource
+        resource["status"] = "balanced" if invoice.status == "paid" else "issued"
+        store.update(session, "Invoice", invoice.invoice_resource_id, resource)
+    events.publish(
+        "payment.refunded",
+        {
+            "invoice_id": invoice.id,
+            "reference": invoice.reference,
+            "amount": str(value),
+            "balance": str(invoice.balance),
+            "status": invoice.status,
+        },
+    )
+    return given_back
+
+
+def refunds_of(session: Session, invoice_id: int) -> list[Refund]:
+    """Return an invoice's refunds, oldest first."""
+    return list(
+        session.scalars(select(Refund).where(Refund.invoice_id == invoice_id).order_by(Refund.refunded_at))
+    )

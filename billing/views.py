@@ -45,6 +45,8 @@ from billing.payments import (
     read_transfer,
     receive_notification,
     record_desk_payment,
+    refund,
+    refunds_of,
     resolve_review,
     review_count,
     review_queue,
@@ -276,6 +278,7 @@ def _invoice_context(invoice: Invoice) -> dict[str, Any]:
         "invoice": invoice,
         "charges": charges_of_encounter(session, invoice.encounter_id),
         "payments": payments_of(session, invoice.id),
+        "refunds": refunds_of(session, invoice.id),
         "unpriced": unpriced_charges(session, invoice.encounter_id),
         "payload": payload,
         "note": transfer_note(invoice),
@@ -426,6 +429,35 @@ def desk_payment(invoice_id: int) -> BaseResponse:
             detail=f"{payment.channel} {payment.amount}",
         )
         flash(_("Payment recorded."), "success")
+    return redirect(url_for("billing.cashier_invoice", invoice_id=invoice_id))
+
+
+@bp.post("/billing/invoices/<int:invoice_id>/refunds")
+@roles_required("cashier")
+def refund_view(invoice_id: int) -> BaseResponse:
+    """Give money back on an invoice with the cashier's reason (audited)."""
+    invoice = _invoice_for_staff(invoice_id, "write")
+    try:
+        given_back = refund(
+            get_session(),
+            invoice.id,
+            amount=request.form.get("amount", "").replace(".", "").replace(" ", ""),
+            channel=request.form.get("channel", ""),
+            reason=request.form.get("reason", ""),
+            cashier=_username(),
+        )
+    except VetinhError as error:
+        _fail(error)
+        audit.record("refund", "Invoice", str(invoice_id), patient_id=invoice.patient_id, outcome="failure")
+    else:
+        audit.record(
+            "refund",
+            "Invoice",
+            str(invoice.id),
+            patient_id=invoice.patient_id,
+            detail=f"{given_back.channel} {given_back.amount}: {given_back.reason}",
+        )
+        flash(_("Refund recorded."), "success")
     return redirect(url_for("billing.cashier_invoice", invoice_id=invoice_id))
 
 
@@ -711,7 +743,12 @@ def payment_notification() -> Response:
     )
 
 
-CHANNEL_LABELS = {"vietqr": _l("VietQR transfer"), "card": _l("Card"), "cash": _l("Cash")}
+CHANNEL_LABELS = {
+    "vietqr": _l("VietQR transfer"),
+    "card": _l("Card"),
+    "cash": _l("Cash"),
+    "transfer": _l("Bank transfer"),
+}
 STATUS_LABELS = {"open": _l("Open"), "paid": _l("Paid")}
 REASON_LABELS = {
     "partial": _l("Less than owed"),

@@ -259,3 +259,46 @@ def test_the_vietqr_endpoint_is_documented(client):
     document = client.get("/api/v1/openapi.json").get_json()
     assert "/api/v1/invoices/{invoice_id}/vietqr" in document["paths"]
     assert "/api/v1/payments/notifications" in document["paths"]
+
+
+def test_a_refund_needs_a_reason_reopens_the_invoice_and_lets_charges_change(
+    app, bank, cashier, billed_visit, encounter
+):
+    page = f"/billing/invoices/{billed_visit}"
+    token = csrf_token(cashier, page)
+    cashier.post(page + "/payments", data={"channel": "cash", "amount": "192589", "csrf_token": token})
+    with get_database(app).session_scope() as session:
+        tablets = next(
+            line.charge_id for line in session.get(Invoice, billed_visit).lines if line.code == "TH01"
+        )
+    locked = cashier.post(
+        f"/billing/charges/{tablets}/void", data={"reason": "Trả lại thuốc", "csrf_token": token}
+    )
+    assert locked.status_code == 302
+    cashier.post(
+        page + "/refunds", data={"channel": "cash", "amount": "2469", "reason": "", "csrf_token": token}
+    )
+    cashier.post(
+        page + "/refunds",
+        data={"channel": "cash", "amount": "999999", "reason": "Quá nhiều", "csrf_token": token},
+    )
+    cashier.post(
+        page + "/refunds",
+        data={"channel": "cash", "amount": "2469", "reason": "Trả lại thuốc", "csrf_token": token},
+    )
+    cashier.post(f"/billing/charges/{tablets}/void", data={"reason": "Trả lại thuốc", "csrf_token": token})
+    html = cashier.get(page).get_data(as_text=True)
+    assert 'data-testid="refund"' in html
+    assert "Trả lại thuốc" in html
+    with get_database(app).session_scope() as session:
+        invoice = session.get(Invoice, billed_visit)
+        # Without the tablets the fund's 9.876 ₫ and the patient's 2.469 ₫ are gone; what was kept is what is owed.
+        assert (invoice.amount_due, invoice.amount_paid, invoice.status) == (
+            Decimal("190120"),
+            Decimal("190120"),
+            "paid",
+        )
+        refunds = session.scalars(select(AuditRecord).where(AuditRecord.action == "refund")).all()
+        assert [row.outcome for row in refunds] == ["failure", "failure", "success"]
+        voids = session.scalars(select(AuditRecord).where(AuditRecord.action == "void")).all()
+        assert [row.outcome for row in voids] == ["failure", "success"]

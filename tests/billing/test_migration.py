@@ -20,6 +20,7 @@ BILLING_TABLES = (
     "billing_invoice_lines",
     "billing_payments",
     "billing_bank_notifications",
+    "billing_refunds",
 )
 
 
