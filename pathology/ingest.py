@@ -149,6 +149,36 @@ def ingest(
     nothing of a refused or failed upload stays in the store.
     """
     received = receive(stream, store, max_bytes=max_bytes)
+    return accept_received(
+        session,
+        store,
+        received,
+        filename=filename,
+        site_id=site_id,
+        site_code=site_code,
+        case_id=case_id,
+        uploaded_by=uploaded_by,
+        max_bytes=max_bytes,
+    )
+
+
+def accept_received(
+    session: Session,
+    store: SlideStore,
+    received: ReceivedFile,
+    *,
+    filename: str,
+    site_id: int,
+    site_code: str,
+    case_id: str | None,
+    uploaded_by: int | None,
+    max_bytes: int,
+) -> IngestResult:
+    """Inspect and store a file already received into the store (in one request or in chunks).
+
+    Raises SlideRefused (422) naming why a file is not accepted, SlideTooLarge (413);
+    the received folder is removed whatever happens, and nothing of a refused file stays.
+    """
     accepted: Path | None = None
     try:
         existing = _existing(session, site_id, received.sha256)

@@ -15,6 +15,7 @@ from his.jobs import register_job
 from pathology.models import Slide
 from pathology.pyramid import PYRAMID_NAME, build_pyramid
 from pathology.store import slide_store
+from pathology.uploads import purge_stale_uploads
 
 log = logging.getLogger(__name__)
 
@@ -84,4 +85,11 @@ def build_pending_pyramids(app: Flask) -> list[str]:
     return ready
 
 
+def remove_stale_uploads(app: Flask) -> int:
+    """Remove chunked uploads left untouched for a day (idempotent); return how many went."""
+    with get_database(app).session_scope() as session:
+        return purge_stale_uploads(session, slide_store(app))
+
+
 register_job("pathology.build_pyramids", build_pending_pyramids, "interval", seconds=15)
+register_job("pathology.remove_stale_uploads", remove_stale_uploads, "interval", hours=1)

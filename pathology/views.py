@@ -33,8 +33,8 @@ from pathology.cases import (
     worklist,
 )
 from pathology.images import label_image, thumbnail
-from pathology.ingest import ingest, too_large
-from pathology.models import CASE_STATUSES, ConsultCase
+from pathology.ingest import IngestResult, ingest, too_large
+from pathology.models import CASE_STATUSES, ConsultCase, SlideUpload
 from pathology.pyramid import DEFAULT_MIN_SIDE
 from pathology.reports import ReportInput, get_report, report_summary, save_draft, sign_report, verify_report
 from pathology.services import (
@@ -50,6 +50,14 @@ from pathology.services import (
 )
 from pathology.store import slide_store
 from pathology.tiles import tile_server
+from pathology.uploads import (
+    DEFAULT_MAX_CHUNK,
+    complete_upload,
+    get_upload,
+    parse_content_range,
+    start_upload,
+    write_chunk,
+)
 
 bp = Blueprint(
     "pathology",
@@ -169,6 +177,12 @@ def upload_slide() -> tuple[Response, int]:
         uploaded_by=current_principal().user_id,
         max_bytes=limit,
     )
+    return slide_accepted(result, site, patient_id)
+
+
+def slide_accepted(result: IngestResult, site: Site, patient_id: str | None) -> tuple[Response, int]:
+    """Finish an accepted upload: its ImagingStudy, audit, pyramid or ``slide.ready``; answer 201 (200 for a duplicate)."""
+    session = get_session()
     slide = result.slide
     if result.created:
         if patient_id is not None:
@@ -188,6 +202,138 @@ def upload_slide() -> tuple[Response, int]:
     response = jsonify(body)
     response.headers["Location"] = f"/api/v1/slides/{slide.id}"
     return response, 201 if result.created else 200
+
+
+UPLOAD_OUTPUT = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "string"},
+        "offset": {"type": "integer", "description": "bytes received so far: send the next chunk from here"},
+        "size": {"type": "integer"},
+        "max_chunk": {"type": "integer"},
+        "url": {"type": "string"},
+    },
+}
+
+
+def max_chunk_bytes() -> int:
+    """Return the largest chunk a resumable upload takes at once."""
+    return int(current_app.config.get("PATHOLOGY_MAX_CHUNK_BYTES", DEFAULT_MAX_CHUNK))
+
+
+def _upload_state(upload: SlideUpload) -> dict[str, Any]:
+    return {
+        "id": upload.id,
+        "offset": upload.received,
+        "size": upload.size,
+        "max_chunk": max_chunk_bytes(),
+        "url": f"/api/v1/slides/uploads/{upload.id}",
+    }
+
+
+@bp.post("/api/v1/slides/uploads")
+@login_required
+@api_doc(
+    "Start a resumable upload of a large slide: declare its filename, size and SHA-256, then PUT "
+    "its chunks in order to the returned url (Content-Range and X-Chunk-SHA256 headers), and POST "
+    "to url/complete. After a dropped connection, GET the url and resume at its offset.",
+    tags=["pathology"],
+    request={
+        "type": "object",
+        "required": ["filename", "size", "sha256"],
+        "properties": {
+            "filename": {"type": "string"},
+            "size": {"type": "integer"},
+            "sha256": {"type": "string"},
+            "case_id": {"type": "string"},
+        },
+    },
+    responses={201: UPLOAD_OUTPUT, 401: None, 403: None, 413: None, 422: None},
+)
+def start_upload_endpoint() -> tuple[Response, int]:
+    """Declare a chunked upload."""
+    session = get_session()
+    site = ensure_may_upload(session, current_principal())
+    body = json_body()
+    case_id = str(body.get("case_id") or "").strip() or None
+    if case_id is not None and not _CASE_ID.match(case_id):
+        raise ValidationFailed(fields={"case_id": N_("Use letters, digits, '.', '_' or '-' (at most 64).")})
+    size = body.get("size")
+    upload = start_upload(
+        session,
+        slide_store(),
+        site_id=site.id,
+        user_id=current_principal().user_id,
+        filename=str(body.get("filename") or ""),
+        size=size if isinstance(size, int) and not isinstance(size, bool) else 0,
+        sha256=str(body.get("sha256") or "").lower(),
+        case_id=case_id,
+        max_bytes=max_slide_bytes(),
+    )
+    response = jsonify(_upload_state(upload))
+    response.headers["Location"] = f"/api/v1/slides/uploads/{upload.id}"
+    return response, 201
+
+
+@bp.get("/api/v1/slides/uploads/<upload_id>")
+@login_required
+@api_doc(
+    "Say how much of a resumable upload arrived (resume at offset)",
+    tags=["pathology"],
+    responses={200: UPLOAD_OUTPUT, 401: None, 403: None, 404: None},
+)
+def upload_state_endpoint(upload_id: str) -> Response:
+    """Return an upload's offset."""
+    return jsonify(_upload_state(get_upload(get_session(), current_principal(), upload_id)))
+
+
+@bp.put("/api/v1/slides/uploads/<upload_id>")
+@login_required
+@api_doc(
+    "Send one chunk of a resumable upload (Content-Range: bytes start-end/total, X-Chunk-SHA256); "
+    "a chunk out of order gets 409 with the offset to resume at",
+    tags=["pathology"],
+    request={"type": "string", "format": "binary"},
+    request_content_type="application/octet-stream",
+    responses={200: UPLOAD_OUTPUT, 401: None, 403: None, 404: None, 409: None, 422: None},
+)
+def upload_chunk_endpoint(upload_id: str) -> Response:
+    """Write one chunk."""
+    where = parse_content_range(request.headers.get("Content-Range"))
+    limit = max_chunk_bytes()
+    if request.content_length is not None and request.content_length > limit:
+        raise ValidationFailed(
+            N_("The chunk is too large."), code="UPLOAD_CHUNK_TOO_LARGE", extra={"max_chunk": limit}
+        )
+    session = get_session()
+    upload = get_upload(session, current_principal(), upload_id, lock=True)
+    upload = write_chunk(
+        session,
+        slide_store(),
+        upload,
+        request.stream,
+        where,
+        (request.headers.get("X-Chunk-SHA256") or "").lower(),
+        max_chunk=limit,
+    )
+    return jsonify(_upload_state(upload))
+
+
+@bp.post("/api/v1/slides/uploads/<upload_id>/complete")
+@login_required
+@api_doc(
+    "Finish a resumable upload: the whole file is checked against its SHA-256, then validated and "
+    "stored like any slide upload",
+    tags=["pathology"],
+    responses={201: SLIDE_OUTPUT, 200: SLIDE_OUTPUT, 401: None, 403: None, 404: None, 409: None, 422: None},
+)
+def complete_upload_endpoint(upload_id: str) -> tuple[Response, int]:
+    """Ingest a fully received upload."""
+    session = get_session()
+    site = ensure_may_upload(session, current_principal())
+    upload = get_upload(session, current_principal(), upload_id, lock=True)
+    result = complete_upload(session, slide_store(), upload, site_code=site.code, max_bytes=max_slide_bytes())
+    return slide_accepted(result, site, None)
 
 
 @bp.get("/api/v1/slides/<slide_id>")
