@@ -102,9 +102,8 @@ def create_case(session: Session, principal: Principal, wanted: CaseRequest) -> 
         errors["slide_ids"] = N_("A case holds at most 50 slides.")
     if not wanted.patient_id.strip():
         errors["patient_id"] = N_("Choose the patient.")
-    if errors:
+    if errors or receiving is None:
         raise ValidationFailed(N_("Some fields are not valid."), fields=errors)
-    assert receiving is not None
     slides: list[Slide] = []
     for slide_id in dict.fromkeys(wanted.slide_ids):
         try:
@@ -128,7 +127,8 @@ def create_case(session: Session, principal: Principal, wanted: CaseRequest) -> 
     case_id = uuid.uuid4().hex
     requester = session.get(User, principal.user_id)
     requesting = session.get(Site, principal.site_id)
-    assert requesting is not None
+    if requesting is None:
+        raise Forbidden(N_("Your role may not request pathology consults."), code="CASE_REQUEST_DENIED")
     from fhir import services as fhir_store
 
     specimen = fhir_store.create(
@@ -139,7 +139,7 @@ def create_case(session: Session, principal: Principal, wanted: CaseRequest) -> 
     for slide in slides:
         slide.case_id = case_id
         if slide.imaging_study_id is None:
-            record_imaging_study(session, slide, patient_id)
+            studies.append(record_imaging_study(session, slide, patient_id))
         else:
             study = fhir_store.read(session, "ImagingStudy", slide.imaging_study_id).resource
             if study.get("subject", {}).get("reference") != f"Patient/{patient_id}":
@@ -147,8 +147,7 @@ def create_case(session: Session, principal: Principal, wanted: CaseRequest) -> 
                     N_("Some fields are not valid."),
                     fields={"slide_ids": N_("A slide belongs to another patient.")},
                 )
-        assert slide.imaging_study_id is not None
-        studies.append(slide.imaging_study_id)
+            studies.append(slide.imaging_study_id)
     request = fhir_store.create(
         session,
         fhir_mapping.consult_request(
@@ -254,7 +253,8 @@ def _rows(session: Session, cases: list[ConsultCase], now: datetime) -> list[Cas
     for case_id, slide_id in session.execute(
         select(Slide.case_id, Slide.id).where(Slide.case_id.in_(ids)).order_by(Slide.created_at, Slide.id)
     ):
-        first.setdefault(case_id, slide_id)
+        if case_id is not None:
+            first.setdefault(case_id, slide_id)
     site_names = dict(session.execute(select(Site.id, Site.name)).all())
     user_ids = {case.assigned_to for case in cases if case.assigned_to}
     users = (

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO
+from typing import IO
 
 import openslide
 import pydicom
@@ -105,7 +105,7 @@ def refuse(code: str, message: str) -> SlideRefused:
     return SlideRefused(message, code=code)
 
 
-def receive(stream: BinaryIO, store: SlideStore, *, max_bytes: int) -> ReceivedFile:
+def receive(stream: IO[bytes], store: SlideStore, *, max_bytes: int) -> ReceivedFile:
     """Copy an upload into a new private folder of the store, hashing it on the way.
 
     Raises SlideTooLarge beyond ``max_bytes`` and SlideRefused for an empty file; either
@@ -134,7 +134,7 @@ def receive(stream: BinaryIO, store: SlideStore, *, max_bytes: int) -> ReceivedF
 def ingest(
     session: Session,
     store: SlideStore,
-    stream: BinaryIO,
+    stream: IO[bytes],
     *,
     filename: str,
     site_id: int,

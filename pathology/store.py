@@ -98,4 +98,4 @@ def slide_store(app: Flask | None = None) -> SlideStore:
         root.mkdir(parents=True, exist_ok=True)
         store = SlideStore(root)
         target.extensions["vetinh.pathology.store"] = store
-    return store  # type: ignore[no-any-return]
+    return store

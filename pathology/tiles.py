@@ -315,7 +315,7 @@ def tile_server(app: Flask | None = None) -> TileServer:
     target = app or current_app
     server = target.extensions.get("vetinh.pathology.tiles")
     if server is not None:
-        return server  # type: ignore[no-any-return]
+        return server
     with _create_lock:
         server = target.extensions.get("vetinh.pathology.tiles")
         if server is None:
@@ -327,4 +327,4 @@ def tile_server(app: Flask | None = None) -> TileServer:
             )
             target.extensions["vetinh.pathology.tiles"] = server
             slide_store(target)
-    return server  # type: ignore[no-any-return]
+    return server

@@ -16,7 +16,7 @@ import re
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import BinaryIO
+from typing import IO
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -139,7 +139,7 @@ def write_chunk(
     session: Session,
     store: SlideStore,
     upload: SlideUpload,
-    stream: BinaryIO,
+    stream: IO[bytes],
     where: ChunkRange,
     chunk_sha256: str,
     *,
