@@ -127,20 +127,34 @@ def prepare_ours(folder: Path) -> tuple[str, str, str, dict[str, str]]:
     secret = secrets.token_urlsafe(32)
     upgrade_database(database_url)
     app = create_app(
-        database_url=database_url, data_dir=data_dir, secret_key=secret, env="testing", scheduler_enabled=False
+        database_url=database_url,
+        data_dir=data_dir,
+        secret_key=secret,
+        env="testing",
+        scheduler_enabled=False,
     )
     with get_database(app).session_scope() as session:
         session.add(Site(code="DIST", name="District", kind="district", facility_code="01234"))
     with get_database(app).session_scope() as session:
         user = create_user(
             session,
-            NewUser(username="bench", password=secrets.token_urlsafe(16), full_name="Bench", role="doctor", site_code="DIST"),
+            NewUser(
+                username="bench",
+                password=secrets.token_urlsafe(16),
+                full_name="Bench",
+                role="doctor",
+                site_code="DIST",
+            ),
         )
-        token, _row = issue_token(session, user=session.get(User, user.id), scope="user/*.*", ttl_seconds=86400)
+        token, _row = issue_token(
+            session, user=session.get(User, user.id), scope="user/*.*", ttl_seconds=86400
+        )
     client = app.test_client()
     ids: dict[str, str] = {}
     for name in SLIDES:
-        boundary, body = encode_multipart({"file": FileStorage(io.BytesIO((WSI / name).read_bytes()), filename=name)})
+        boundary, body = encode_multipart(
+            {"file": FileStorage(io.BytesIO((WSI / name).read_bytes()), filename=name)}
+        )
         response = client.post(
             "/api/v1/slides",
             data=body,
@@ -202,7 +216,9 @@ def walk(layouts: list[Layout], count: int, seed: int) -> list[str]:
     return urls[:count]
 
 
-def run(layouts: list[Layout], headers: dict[str, str], clients: int, per_client: int) -> tuple[float, list[float]]:
+def run(
+    layouts: list[Layout], headers: dict[str, str], clients: int, per_client: int
+) -> tuple[float, list[float]]:
     """Run ``clients`` concurrent viewers; return requests per second and every latency in ms."""
     latencies: list[float] = []
     errors: list[str] = []
@@ -246,8 +262,12 @@ def rss_mb(pid: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--requests", type=int, default=2000, help="tile requests per run (split between clients)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--requests", type=int, default=2000, help="tile requests per run (split between clients)"
+    )
     parser.add_argument("--serve", choices=["ours", "baseline"], help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--database", help=argparse.SUPPRESS)
@@ -299,9 +319,13 @@ def main() -> None:
     ratio = results["ours"][4][0] / results["baseline"][4][0]
     p99 = percentile(results["ours"][4][1], 0.99)
     print(f"throughput ratio with 4 clients (ours / baseline): {ratio:.1f}x (target >= {TARGET_RATIO:.0f}x)")
-    print(f"our p99 with 4 clients: {p99:.1f} ms (target < {TARGET_P99_MS:.0f} ms for native or cached tiles)")
+    print(
+        f"our p99 with 4 clients: {p99:.1f} ms (target < {TARGET_P99_MS:.0f} ms for native or cached tiles)"
+    )
     limit = TILE_CACHE_BYTES / 1024 / 1024 + 200
-    print(f"resident memory after the runs: ours {rss['ours']:.0f} MB (limit {limit:.0f} MB), baseline {rss['baseline']:.0f} MB")
+    print(
+        f"resident memory after the runs: ours {rss['ours']:.0f} MB (limit {limit:.0f} MB), baseline {rss['baseline']:.0f} MB"
+    )
 
 
 if __name__ == "__main__":
