@@ -1,0 +1,87 @@
+"""The facility's XML signature on a claim: it verifies, and any change to the envelope breaks it."""
+
+from __future__ import annotations
+
+import base64
+import xml.etree.ElementTree as ET
+from datetime import UTC, date, datetime, timedelta
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.x509.oid import NameOID
+
+from billing.claims import claim_document
+from billing.xmlsign import SignatureInvalid, sign_envelope, signed_info_text, verify_envelope
+
+from .test_claims import WORKED_EXAMPLE
+
+
+def _facility_key(name: str = "Bệnh viện huyện Demo") -> tuple[rsa.RSAPrivateKey, x509.Certificate]:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.now(UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(days=1))
+        .not_valid_after(now + timedelta(days=365))
+        .sign(key, hashes.SHA256())
+    )
+    return key, certificate
+
+
+@pytest.fixture(scope="module")
+def facility_key():
+    return _facility_key()
+
+
+@pytest.fixture(scope="module")
+def signed(facility_key):
+    key, certificate = facility_key
+    return sign_envelope(claim_document(WORKED_EXAMPLE, date(2025, 9, 10)), key, certificate)
+
+
+def test_the_signed_info_we_sign_is_already_canonical():
+    text = signed_info_text("abc=")
+    assert ET.canonicalize(text) == text
+
+
+def test_a_signed_claim_verifies_and_names_its_signer(signed, facility_key):
+    assert b"<CHUKYDONVI><Signature" in signed
+    assert verify_envelope(signed) == facility_key[1]
+
+
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        lambda doc: doc.replace(b"<SOLUONGHOSO>1<", b"<SOLUONGHOSO>2<"),
+        lambda doc: doc.replace(b"<NOIDUNGFILE>PD", b"<NOIDUNGFILE>QD", 1),
+        lambda doc: doc.replace(b"<MACSKCB>01234<", b"<MACSKCB>01235<"),
+    ],
+    ids=["count", "table", "facility"],
+)
+def test_a_tampered_envelope_fails_verification(signed, tamper):
+    changed = tamper(signed)
+    assert changed != signed
+    with pytest.raises(SignatureInvalid):
+        verify_envelope(changed)
+
+
+def test_a_signature_by_another_key_fails(signed):
+    other_key, _certificate = _facility_key("Kẻ mạo danh")
+    start = signed.index(b"<SignatureValue>") + len(b"<SignatureValue>")
+    end = signed.index(b"</SignatureValue>")
+    forged = other_key.sign(b"anything", padding.PKCS1v15(), hashes.SHA256())
+    changed = signed[:start] + base64.b64encode(forged) + signed[end:]
+    with pytest.raises(SignatureInvalid):
+        verify_envelope(changed)
+
+
+def test_an_unsigned_envelope_does_not_verify():
+    with pytest.raises(SignatureInvalid):
+        verify_envelope(claim_document(WORKED_EXAMPLE, date(2025, 9, 10)))
