@@ -113,8 +113,8 @@ def record_charge(
     writes nothing. An item without a price that day is recorded as ``flagged`` (shown
     to the cashier, never billed as zero). Never commits.
 
-    Raises InvalidCharge for a bad quantity or an empty source or item code, and
-    ValidationFailed (from the FHIR store) when the patient or encounter does not exist.
+    Raises InvalidCharge for a bad quantity, an empty source or item code, or an
+    encounter of another patient, and NotFound when the encounter does not exist.
     """
     source = source.strip()
     item_code = item_code.strip()
@@ -126,6 +126,9 @@ def record_charge(
     if existing is not None:
         return ChargeOutcome(existing, created=False)
     amount = check_quantity(quantity)
+    subject = (store.read(session, "Encounter", encounter_id).resource.get("subject") or {}).get("reference")
+    if subject != f"Patient/{patient_id}":
+        raise _invalid("encounter_id", N_("The encounter belongs to another patient."))
     occurred_at = _aware(when)
     day = occurred_at.astimezone(zone).date()
     try:

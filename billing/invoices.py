@@ -214,22 +214,33 @@ def refresh_invoice(session: Session, invoice: Invoice, facility: Facility) -> I
     invoice.copay = split.copay
     invoice.patient_full = split.patient_full
     invoice.amount_due = split.amount_due
-    invoice.lines = [
-        InvoiceLineRecord(
-            charge_id=charge.id,
-            position=position,
-            code=charge.item_code,
-            description=charge.description,
-            quantity=charge.quantity,
-            unit_price=line.unit_price,
-            total=line.total,
-            covered=line.covered,
-            fund=line.fund,
-            copay=line.copay,
-            patient_full=line.patient_full,
-        )
-        for position, (charge, line) in enumerate(zip(billable, split.lines, strict=True), start=1)
-    ]
+    fresh = [
+        (charge.id, charge.item_code, charge.description, charge.quantity, line.unit_price, line.total,
+         line.covered, line.fund, line.copay, line.patient_full)
+        for charge, line in zip(billable, split.lines, strict=True)
+    ]  # fmt: skip
+    kept = [
+        (row.charge_id, row.code, row.description, row.quantity, row.unit_price, row.total, row.covered,
+         row.fund, row.copay, row.patient_full)
+        for row in invoice.lines
+    ]  # fmt: skip
+    if fresh != kept:
+        invoice.lines = [
+            InvoiceLineRecord(
+                charge_id=values[0],
+                position=position,
+                code=values[1],
+                description=values[2],
+                quantity=values[3],
+                unit_price=values[4],
+                total=values[5],
+                covered=values[6],
+                fund=values[7],
+                copay=values[8],
+                patient_full=values[9],
+            )
+            for position, values in enumerate(fresh, start=1)
+        ]
     settle(invoice)
     session.flush()
     _write_fhir_invoice(session, invoice, billable)
@@ -262,8 +273,12 @@ def _write_fhir_invoice(session: Session, invoice: Invoice, billable: list[Charg
     )
     if invoice.invoice_resource_id is None:
         invoice.invoice_resource_id = store.create(session, resource).id
-    else:
-        resource["id"] = invoice.invoice_resource_id
+        return
+    current = store.read(session, "Invoice", invoice.invoice_resource_id).resource
+    current.pop("meta", None)
+    resource["id"] = invoice.invoice_resource_id
+    # Opening an unchanged invoice must not pile up identical versions in the store.
+    if current != resource:
         store.update(session, "Invoice", invoice.invoice_resource_id, resource)
 
 

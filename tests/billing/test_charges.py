@@ -149,3 +149,10 @@ def test_events_charge_the_visit_services_and_drugs_once(app, prices, patient, e
             ("SA01", Decimal("1"), Decimal("250000")),
             ("TH01", Decimal("10"), Decimal("1234.5")),
         ]
+
+
+def test_a_charge_cannot_land_on_another_patients_encounter(app, prices, make_patient, encounter):
+    stranger = make_patient(name="Lê Văn Khác")
+    with get_database(app).session_scope() as session, pytest.raises(InvalidCharge) as caught:
+        record_charge(session, stranger, encounter, "KB01", 1, VISIT_AT, "wrong")
+    assert "encounter_id" in caught.value.fields

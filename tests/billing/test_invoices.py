@@ -302,3 +302,16 @@ def test_a_refund_needs_a_reason_reopens_the_invoice_and_lets_charges_change(
         assert [row.outcome for row in refunds] == ["failure", "failure", "success"]
         voids = session.scalars(select(AuditRecord).where(AuditRecord.action == "void")).all()
         assert [row.outcome for row in voids] == ["failure", "success"]
+
+
+def test_opening_an_unchanged_invoice_writes_no_new_version(app, billed_visit, encounter):
+    with get_database(app).session_scope() as session:
+        before = store.read(
+            session, "Invoice", session.get(Invoice, billed_visit).invoice_resource_id
+        ).version_id
+        open_invoice(session, encounter, DISTRICT)
+        open_invoice(session, encounter, DISTRICT)
+        after = store.read(
+            session, "Invoice", session.get(Invoice, billed_visit).invoice_resource_id
+        ).version_id
+    assert after == before
