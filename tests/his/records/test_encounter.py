@@ -40,7 +40,7 @@ def test_worklist_lists_todays_checked_in_patients_of_the_site_in_queue_order(
     assert entries[1].patient_id == third.patient_id
 
 
-def test_vitals_become_loinc_observations_with_bmi(
+def _vitals_become_loinc_observations_with_bmi(
     session: Session, make_visit: Callable[..., Visit], doctor: User
 ) -> None:
     visit = make_visit()
@@ -73,7 +73,7 @@ def test_vitals_become_loinc_observations_with_bmi(
     assert record.encounter.status == "in-progress"
 
 
-def test_implausible_vitals_are_refused_by_field(
+def _implausible_vitals_are_refused_by_field(
     session: Session, make_visit: Callable[..., Visit], doctor: User
 ) -> None:
     visit = make_visit()
@@ -88,7 +88,7 @@ def test_implausible_vitals_are_refused_by_field(
     assert services.encounter_record(session, visit.encounter_id).observations == []
 
 
-def test_diagnoses_are_icd10_conditions_and_unknown_codes_are_refused(
+def _diagnoses_are_icd10_conditions_and_unknown_codes_are_refused(
     session: Session, make_visit: Callable[..., Visit], doctor: User
 ) -> None:
     visit = make_visit()
@@ -102,7 +102,7 @@ def test_diagnoses_are_icd10_conditions_and_unknown_codes_are_refused(
     assert [m.resource["code"]["text"] for m in found.matches] == ["Tăng huyết áp vô căn (nguyên phát)"]
 
 
-def test_allergies_orders_and_note_are_recorded(
+def _allergies_orders_and_note_are_recorded(
     session: Session, make_visit: Callable[..., Visit], doctor: User
 ) -> None:
     visit = make_visit()
@@ -132,7 +132,7 @@ def test_allergies_orders_and_note_are_recorded(
     }
 
 
-def test_past_encounters_show_earlier_diagnoses(
+def _past_encounters_show_earlier_diagnoses(
     session: Session, make_visit: Callable[..., Visit], doctor: User
 ) -> None:
     visit = make_visit()
@@ -149,3 +149,21 @@ def test_past_encounters_show_earlier_diagnoses(
     )
     visits = services.past_encounters(session, visit.patient_id, exclude=later.id)
     assert [v["diagnoses"] for v in visits] == [["J02.9 Viêm họng cấp"]]
+
+
+def test_recording_an_encounter_goes_through_the_fhir_store(
+    session: Session,
+    make_visit: Callable[..., Visit],
+    doctor: User,
+) -> None:
+    """Vitals, diagnoses, allergies, orders, notes and history (one app for the lot, to keep the suite fast)."""
+    _vitals_become_loinc_observations_with_bmi(session, make_visit, doctor)
+    session.commit()
+    _implausible_vitals_are_refused_by_field(session, make_visit, doctor)
+    session.commit()
+    _diagnoses_are_icd10_conditions_and_unknown_codes_are_refused(session, make_visit, doctor)
+    session.commit()
+    _allergies_orders_and_note_are_recorded(session, make_visit, doctor)
+    session.commit()
+    _past_encounters_show_earlier_diagnoses(session, make_visit, doctor)
+    session.commit()

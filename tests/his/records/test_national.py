@@ -126,7 +126,9 @@ def signed(
     return session.scalars(select(OutboxMessage)).one()
 
 
-def test_signing_queues_the_national_payload(signed: OutboxMessage) -> None:
+def test_signing_queues_the_payload_and_the_job_sends_it_once(
+    app: Flask, session: Session, signed: OutboxMessage, national: FakeNationalSystem
+) -> None:
     payload = signed.payload
     assert payload["loai_don_thuoc"] == "C"
     assert payload["ma_don_thuoc"].endswith("-C")
@@ -145,17 +147,17 @@ def test_signing_queues_the_national_payload(signed: OutboxMessage) -> None:
     assert len(payload["ngay_gio_ke_don"]) == 19
     assert payload["signature"]
     assert signed.status == "pending"
+    from his import jobs
 
-
-def test_a_sent_prescription_is_marked_sent_once(
-    session: Session, signed: OutboxMessage, national: FakeNationalSystem
-) -> None:
-    (result,) = send_pending(session, national.url)
-    assert result.status == "sent"
-    assert len(national.received) == 1
-    assert national.received[0]["ma_don_thuoc"] == signed.payload["ma_don_thuoc"]
-    assert send_pending(session, national.url, now=utcnow() + timedelta(hours=1)) == []
-    assert session.get(OutboxMessage, signed.id).response["trang_thai"] == "đã nhận"
+    app.config["RECORDS_NATIONAL_URL"] = national.url
+    jobs.run_now(app, "records.send_national_prescriptions")
+    jobs.run_now(app, "records.send_national_prescriptions")
+    assert [body["ma_don_thuoc"] for body in national.received] == [payload["ma_don_thuoc"]]
+    session.commit()
+    session.expire_all()
+    sent = session.get(OutboxMessage, signed.id)
+    assert sent.status == "sent"
+    assert sent.response["trang_thai"] == "đã nhận"
 
 
 def test_a_422_keeps_the_error_list_and_is_not_retried(
@@ -188,14 +190,3 @@ def test_timeouts_and_outages_are_retried_with_backoff(
     (third,) = send_pending(session, national.url, now=later + backoff(2) + timedelta(seconds=1))
     assert third.status == "sent"
     assert session.get(OutboxMessage, signed.id).attempts == 3
-
-
-def test_the_job_sends_with_the_configured_endpoint(
-    app: Flask, signed: OutboxMessage, national: FakeNationalSystem
-) -> None:
-    from his import jobs
-
-    app.config["RECORDS_NATIONAL_URL"] = national.url
-    jobs.run_now(app, "records.send_national_prescriptions")
-    jobs.run_now(app, "records.send_national_prescriptions")
-    assert len(national.received) == 1

@@ -29,7 +29,7 @@ def post(client: FlaskClient, path: str, data: dict[str, object], page: str) -> 
     return client.post(path, data={**data, "csrf_token": csrf_token(client, page)})
 
 
-def test_worklist_opens_the_encounter(
+def _worklist_opens_the_encounter(
     client: FlaskClient, make_visit: Callable[..., Visit], doctor: User
 ) -> None:
     visit = make_visit(name="Phạm Thị Hồng", queue=4)
@@ -70,7 +70,7 @@ def _prescribe_interacting(client: FlaskClient, visit: Visit) -> str:
     return base
 
 
-def test_doctor_prescribes_sees_the_warning_overrides_and_signs(
+def _doctor_prescribes_sees_the_warning_overrides_and_signs(
     client: FlaskClient, make_visit: Callable[..., Visit], doctor: User
 ) -> None:
     visit = make_visit()
@@ -231,3 +231,15 @@ def test_pharmacist_finds_by_code_or_qr_and_dispenses_partly_then_fully(
             db, "MedicationDispense", [("patient", f"Patient/{visit.patient_id}")]
         ).matches
         assert sorted(d.resource["quantity"]["value"] for d in dispenses) == [4, 6, 10]
+
+
+def test_doctor_opens_from_the_worklist_prescribes_overrides_and_signs(
+    client: FlaskClient,
+    make_visit: Callable[..., Visit],
+    doctor: User,
+) -> None:
+    """The worklist opens the encounter; the doctor's whole path to a signed prescription."""
+    _worklist_opens_the_encounter(client, make_visit, doctor)
+    _doctor_prescribes_sees_the_warning_overrides_and_signs(
+        client.application.test_client(), make_visit, doctor
+    )

@@ -46,7 +46,7 @@ def prescribe(
     return prescription
 
 
-def test_prescription_gets_a_national_code_and_grouped_medication_requests(
+def _prescription_gets_a_national_code_and_grouped_medication_requests(
     session: Session, make_visit: Callable[..., Visit], doctor: User
 ) -> None:
     visit = make_visit()
@@ -70,7 +70,7 @@ def test_prescription_gets_a_national_code_and_grouped_medication_requests(
     assert {r["status"] for r in requests} == {"draft"}
 
 
-def test_narcotic_prescription_is_type_n_and_limited_to_seven_days(
+def _narcotic_prescription_is_type_n_and_limited_to_seven_days(
     session: Session, make_visit: Callable[..., Visit], doctor: User
 ) -> None:
     visit = make_visit()
@@ -88,7 +88,7 @@ def test_narcotic_prescription_is_type_n_and_limited_to_seven_days(
     assert "lines" in caught.value.fields
 
 
-def test_bad_lines_are_named(session: Session, make_visit: Callable[..., Visit], doctor: User) -> None:
+def _bad_lines_are_named(session: Session, make_visit: Callable[..., Visit], doctor: User) -> None:
     visit = make_visit()
     with pytest.raises(ValidationFailed) as caught:
         prescribe(
@@ -101,7 +101,7 @@ def test_bad_lines_are_named(session: Session, make_visit: Callable[..., Visit],
     assert set(caught.value.fields) == {"lines.1.drug", "lines.2.dosage", "days"}
 
 
-def test_child_without_weight_is_refused(
+def _child_without_weight_is_refused(
     session: Session, make_visit: Callable[..., Visit], doctor: User
 ) -> None:
     visit = make_visit(birth_date=date(TODAY.year - 3, 1, 1), name="Bé Na")
@@ -125,7 +125,7 @@ def _signed(session: Session, visit: Visit, doctor: User) -> signatures.Signatur
     )
 
 
-def test_signing_is_refused_until_every_warning_has_a_reason(
+def _signing_is_refused_until_every_warning_has_a_reason(
     session: Session, make_visit: Callable[..., Visit], doctor: User
 ) -> None:
     visit = make_visit()
@@ -158,7 +158,7 @@ def test_signing_is_refused_until_every_warning_has_a_reason(
     assert len(stored["implicated"]) == 2
 
 
-def test_signature_is_a_verifiable_provenance_over_exact_versions(
+def _signature_is_a_verifiable_provenance_over_exact_versions(
     session: Session, make_visit: Callable[..., Visit], doctor: User
 ) -> None:
     visit = make_visit()
@@ -182,7 +182,7 @@ def test_signature_is_a_verifiable_provenance_over_exact_versions(
     assert {m.resource["status"] for m in requests.matches} == {"active"}
 
 
-def test_private_keys_are_encrypted_at_rest(
+def _private_keys_are_encrypted_at_rest(
     session: Session, make_visit: Callable[..., Visit], doctor: User
 ) -> None:
     _signed(session, make_visit(), doctor)
@@ -197,9 +197,7 @@ def test_private_keys_are_encrypted_at_rest(
         private_key_of(rows[0], "another-secret-entirely-000000000000")
 
 
-def test_a_signed_record_refuses_edits(
-    session: Session, make_visit: Callable[..., Visit], doctor: User
-) -> None:
+def _a_signed_record_refuses_edits(session: Session, make_visit: Callable[..., Visit], doctor: User) -> None:
     visit = make_visit()
     _signed(session, visit, doctor)
     with pytest.raises(Conflict) as caught:
@@ -214,7 +212,7 @@ def test_a_signed_record_refuses_edits(
         )
 
 
-def test_tampering_in_the_database_is_found_and_named(
+def _tampering_in_the_database_is_found_and_named(
     session: Session, make_visit: Callable[..., Visit], doctor: User
 ) -> None:
     visit = make_visit()
@@ -235,7 +233,7 @@ def test_tampering_in_the_database_is_found_and_named(
     assert problem.paths == ("code.coding[0].code",)
 
 
-def test_a_later_version_without_amendment_is_reported(
+def _a_later_version_without_amendment_is_reported(
     session: Session, make_visit: Callable[..., Visit], doctor: User
 ) -> None:
     visit = make_visit()
@@ -301,3 +299,47 @@ def test_verify_command_reports_valid_and_tampered_records(
     assert "INVALID" in result.output
     assert "dosageInstruction[0].text" in result.output
     assert runner.invoke(args=["verify", "nothing-like-this"]).exit_code == 2
+
+
+def test_prescribing_rules_codes_and_grouping(
+    session: Session,
+    make_visit: Callable[..., Visit],
+    doctor: User,
+) -> None:
+    """Codes, grouping, narcotic limits, bad lines and children (one app for the lot)."""
+    _prescription_gets_a_national_code_and_grouped_medication_requests(session, make_visit, doctor)
+    session.commit()
+    _narcotic_prescription_is_type_n_and_limited_to_seven_days(session, make_visit, doctor)
+    session.commit()
+    _bad_lines_are_named(session, make_visit, doctor)
+    session.commit()
+    _child_without_weight_is_refused(session, make_visit, doctor)
+    session.commit()
+
+
+def test_signing_overrides_provenance_keys_and_immutability(
+    session: Session,
+    make_visit: Callable[..., Visit],
+    doctor: User,
+) -> None:
+    """Overrides before signing, the Provenance, keys at rest and refused edits (one app for the lot)."""
+    _signing_is_refused_until_every_warning_has_a_reason(session, make_visit, doctor)
+    session.commit()
+    _signature_is_a_verifiable_provenance_over_exact_versions(session, make_visit, doctor)
+    session.commit()
+    _private_keys_are_encrypted_at_rest(session, make_visit, doctor)
+    session.commit()
+    _a_signed_record_refuses_edits(session, make_visit, doctor)
+    session.commit()
+
+
+def test_verification_finds_tampering_and_unsigned_versions(
+    session: Session,
+    make_visit: Callable[..., Visit],
+    doctor: User,
+) -> None:
+    """Changes in the database and later unsigned versions are both found."""
+    _tampering_in_the_database_is_found_and_named(session, make_visit, doctor)
+    session.commit()
+    _a_later_version_without_amendment_is_reported(session, make_visit, doctor)
+    session.commit()
