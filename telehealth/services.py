@@ -1236,7 +1236,7 @@ def start_recording(session: Session, host: Participant, room: Room) -> None:
 
 
 def recording_target(session: Session, participant: Participant, room: Room) -> Recording:
-    """Open the recording of one participant's media (the browser then sends it to the recorder).
+    """Name the recording of one participant's media; the caller adds it once the recorder runs.
 
     Raises NotRecording, NotAdmitted for someone not in the call, RecordingRefused for
     someone who has not consented.
@@ -1247,19 +1247,17 @@ def recording_target(session: Session, participant: Participant, room: Room) -> 
     if not consented(session, participant):
         raise RecordingRefused()
     stamp = utcnow().strftime("%Y%m%dT%H%M%S")
-    recording = Recording(
+    return Recording(
         room_id=room.id,
         participant_id=participant.id,
         path=f"recordings/{room.id}/{participant.id}-{stamp}-{secrets.token_hex(4)}.mkv",
+        started_at=utcnow(),
     )
-    session.add(recording)
-    session.flush()
-    return recording
 
 
 def recording_key(recording: Recording) -> str:
     """Name a recording for the media service: the room first, so a room's recordings stop together."""
-    return f"{recording.room_id}:{recording.id}"
+    return f"{recording.room_id}:{recording.path.rsplit('/', 1)[-1].removesuffix('.mkv')}"
 
 
 def finish_recording(

@@ -42,6 +42,34 @@ bp = Blueprint(
     cli_group=None,
 )
 
+# POSTs that only read: signalling and the echo must not queue behind writers.
+READ_ONLY_POSTS = (
+    "/api/v1/telehealth/call/signal",
+    "/api/v1/telehealth/call/echo",
+    "/api/v1/telehealth/call/recording/offer",
+)
+
+
+@bp.before_request
+def _take_write_lock() -> None:
+    """Start a writing request's transaction with SQLite's write lock held.
+
+    A deferred SQLite transaction that reads first and writes later fails at once with
+    "database is locked" when another connection (the audit writer, another worker)
+    writes in between; taking the lock first makes it wait its turn instead.
+    """
+    if request.method != "POST" or request.path in READ_ONLY_POSTS:
+        return
+    session = get_session()
+    if session.get_bind().dialect.name != "sqlite":
+        return
+    if session.in_transaction():
+        if session.new or session.dirty or session.deleted:
+            return
+        session.commit()
+    begin_immediate(session)
+
+
 add_nav_item("telehealth.my_calls", _l("Video calls"), {"doctor", "nurse", "patient", "manager"}, order=60)
 
 CALL_HEADER = "X-Call-Token"
@@ -420,11 +448,9 @@ CALL_STATE = {
 def call_join() -> Response:
     """Join a call or its lobby."""
     session = get_session()
-    if not session.in_transaction():
-        # Count who is in the call and take a place in one step (SQLite's write lock).
-        begin_immediate(session)
     participant, room = _caller()
     if session.get_bind().dialect.name == "postgresql":
+        # Count who is in the call and take a place in one step (SQLite holds its write lock already).
         session.refresh(room, with_for_update=True)
     result = services.join(session, participant, room)
     if (
@@ -757,6 +783,12 @@ def call_recording_offer() -> Response:
             "path": str(Path(settings.data_dir) / recording.path),
         },
     )
+    if session.get_bind().dialect.name == "sqlite":
+        # Nothing is written yet: end the reading transaction and wait for the write lock,
+        # rather than holding it while the media service set up its peer.
+        session.rollback()
+        begin_immediate(session)
+    session.add(recording)
     return jsonify(type="answer", sdp=answer["sdp"])
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import fractions
 import json
@@ -22,13 +23,15 @@ CALL_API = "/api/v1/telehealth/call/"
 
 
 class MovingBarsTrack(MediaStreamTrack):
-    """A synthetic camera: 320×240 colour bars moving one column per frame, 30 fps."""
+    """A synthetic camera: colour bars (320×240 unless told) moving four columns per frame, 30 fps."""
 
     kind = "video"
 
-    def __init__(self, hue: int) -> None:
+    def __init__(self, hue: int, width: int = 320, height: int = 240) -> None:
         super().__init__()
         self.hue = hue
+        self.width = width
+        self.height = height
         self._start: float | None = None
         self._count = 0
 
@@ -39,9 +42,9 @@ class MovingBarsTrack(MediaStreamTrack):
         wait = self._start + self._count * VIDEO_PTIME - time.time()
         if wait > 0:
             await asyncio.sleep(wait)
-        image = np.zeros((240, 320, 3), dtype=np.uint8)
-        columns = (np.arange(320) + self._count * 4) % 320
-        image[:, :, 0] = (columns * 255 // 320).astype(np.uint8)
+        image = np.zeros((self.height, self.width, 3), dtype=np.uint8)
+        columns = (np.arange(self.width) + self._count * 4) % self.width
+        image[:, :, 0] = (columns * 255 // self.width).astype(np.uint8)
         image[:, :, 1] = self.hue
         image[:, :, 2] = 255 - image[:, :, 0]
         frame = av.VideoFrame.from_ndarray(image, format="rgb24")
@@ -262,3 +265,13 @@ class LoopThread:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(5)
         self.loop.close()
+
+
+def run_async(coroutine: Any, timeout: float = 60) -> Any:
+    """Run a coroutine to completion on a fresh loop in its own thread.
+
+    The session's Chromium (Playwright's sync API) keeps a loop in the main thread, where
+    ``asyncio.run`` would refuse to start.
+    """
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coroutine).result(timeout)

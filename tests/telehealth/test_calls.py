@@ -15,7 +15,7 @@ from flask import Flask
 from his import create_app
 from tests.conftest import LiveServer
 from tests.telehealth.conftest import REDIS_URL, call_headers, link_of
-from tests.telehealth.peers import CallPeer
+from tests.telehealth.peers import CallPeer, run_async
 
 FRAMES = 30
 CALL_SECONDS = 20
@@ -36,7 +36,7 @@ def test_consult_peers_each_receive_the_others_video(
     doctor = CallPeer(live_server.url, link_of(consult_room, "host"), hue=40)
     specialist = CallPeer(live_server.url, link_of(consult_room, "specialist"), hue=200)
 
-    asyncio.run(_call(doctor, specialist))
+    run_async(_call(doctor, specialist))
 
     assert doctor.frames[specialist.me["id"]] >= FRAMES
     assert specialist.frames[doctor.me["id"]] >= FRAMES
@@ -77,7 +77,7 @@ def test_signalling_crosses_workers_through_redis(
     doctor = CallPeer(first_url, link_of(consult_room, "host"), hue=40)
     specialist = CallPeer(second_url, link_of(consult_room, "specialist"), hue=200)
 
-    asyncio.run(_call(doctor, specialist))
+    run_async(_call(doctor, specialist))
 
     assert doctor.frames[specialist.me["id"]] >= FRAMES
     assert specialist.frames[doctor.me["id"]] >= FRAMES
@@ -128,7 +128,7 @@ def test_patient_gets_video_only_after_the_doctor_admits_them(
     doctor = CallPeer(live_server.url, link_of(visit_room, "host"), hue=40)
     patient = CallPeer(live_server.url, link_of(visit_room, "patient"), hue=200)
 
-    before = asyncio.run(_call_through_lobby(doctor, patient, live_server.url))
+    before = run_async(_call_through_lobby(doctor, patient, live_server.url))
 
     assert before == [0]
     assert patient.states == ["waiting", "in_call"]

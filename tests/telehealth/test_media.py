@@ -20,7 +20,7 @@ from flask import Flask
 from his import create_app
 from tests.conftest import LiveServer
 from tests.telehealth.conftest import REDIS_URL, call_headers, link_of
-from tests.telehealth.peers import MovingBarsTrack, ToneTrack
+from tests.telehealth.peers import MovingBarsTrack, ToneTrack, run_async
 
 
 async def _echo_test(base_url: str, token: str) -> dict[str, int]:
@@ -65,7 +65,7 @@ async def _echo_test(base_url: str, token: str) -> dict[str, int]:
 def test_the_echo_peer_sends_a_participants_own_media_back(
     live_server: LiveServer, visit_room: dict[str, Any]
 ) -> None:
-    received = asyncio.run(_echo_test(live_server.url, link_of(visit_room, "patient")))
+    received = run_async(_echo_test(live_server.url, link_of(visit_room, "patient")))
 
     assert received["video"] >= 30
     assert received["audio"] >= 30
@@ -148,7 +148,7 @@ def test_vetinh_media_answers_echo_requests_for_the_web_processes(
 ) -> None:
     app, url = external_media
 
-    received = asyncio.run(_echo_test(url, link_of(visit_room, "patient")))
+    received = run_async(_echo_test(url, link_of(visit_room, "patient")))
 
     assert received["video"] >= 30
     # The web process ran no aiortc peer itself.
