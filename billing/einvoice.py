@@ -37,7 +37,7 @@ class ProviderUnavailable(VetinhError):
 
     status = 503
     code = "BILLING_EINVOICE_PROVIDER"
-    message = N_("The e-invoice provider cannot be reached; the invoice will be sent again later.")
+    message = N_("The e-invoice provider cannot be reached; try again later.")
 
 
 @dataclass(frozen=True)

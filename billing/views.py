@@ -54,6 +54,8 @@ from billing.payments import (
     verify_signature,
     vietqr_payload,
 )
+from billing.reports import daily_report as build_daily_report
+from billing.reports import report_csv
 from billing.rules import FacilityLevel
 from billing.services import (
     PriceImportFailed,
@@ -761,3 +763,35 @@ REASON_LABELS = {
 @bp.context_processor
 def _labels() -> dict[str, Any]:
     return {"channel_labels": CHANNEL_LABELS, "status_labels": STATUS_LABELS, "reason_labels": REASON_LABELS}
+
+
+add_nav_item("billing.daily_report", _l("Takings"), {"cashier", "manager"}, icon="chart", order=56)
+
+
+def _report_day() -> date:
+    text = request.args.get("day", "").strip()
+    try:
+        return date.fromisoformat(text) if text else datetime.now(_zone()).date()
+    except ValueError:
+        message = N_("Write the date as YYYY-MM-DD.")
+        raise ValidationFailed(message, fields={"day": message}) from None
+
+
+@bp.get("/billing/reports")
+@roles_required(*CASHIER_ROLES)
+def daily_report() -> str:
+    """Show a day's takings by channel, the fund's and patients' shares, and what is outstanding."""
+    day = _report_day()
+    return render_template("billing/report.html", report=build_daily_report(get_session(), day, _zone()))
+
+
+@bp.get("/billing/reports.csv")
+@roles_required(*CASHIER_ROLES)
+def daily_report_csv() -> Response:
+    """Download a day's figures as CSV."""
+    day = _report_day()
+    return Response(
+        report_csv(build_daily_report(get_session(), day, _zone())),
+        mimetype="text/csv",
+        headers={"Content-Disposition": f'attachment; filename="takings-{day.isoformat()}.csv"'},
+    )
