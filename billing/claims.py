@@ -16,6 +16,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
+from typing import Any
 from xml.sax.saxutils import escape
 from zoneinfo import ZoneInfo
 
@@ -299,9 +300,9 @@ def _patient_facts(session: Session, patient_id: str) -> dict[str, str]:
     }
 
 
-def _diagnoses(encounter: dict[str, object]) -> tuple[str, list[str]]:
+def _diagnoses(encounter: dict[str, Any]) -> tuple[str, list[str]]:
     codes: list[tuple[str, str]] = []
-    for reason in encounter.get("reasonCode", []) or []:  # type: ignore[union-attr]
+    for reason in encounter.get("reasonCode") or []:
         if isinstance(reason, dict):
             for coding in reason.get("coding", []):
                 if coding.get("code"):
