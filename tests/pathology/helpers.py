@@ -86,7 +86,7 @@ def open_case(
     """Upload slides as the district and send them to the central site as one consult case."""
     patient_id = register_patient(client)
     slide_ids = []
-    for name in slide_names or ("CMU-1-Small-Region.svs",):
+    for name in slide_names or ("small.svs",):
         uploaded = client.upload_file(name)
         assert uploaded.status_code == 201, uploaded.get_json()
         slide_ids.append(uploaded.get_json()["id"])

@@ -25,7 +25,7 @@ def post(client: SlideClient, slide_id: str, body: Any) -> Any:
 
 @pytest.fixture
 def case(district: SlideClient) -> dict[str, Any]:
-    return open_case(district)
+    return open_case(district, "CMU-1-Small-Region.svs")
 
 
 def test_annotations_round_trip_in_micrometres_with_server_side_measures(

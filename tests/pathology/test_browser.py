@@ -39,7 +39,11 @@ def test_pathologist_reads_annotates_measures_and_signs_and_the_district_doctor_
 ) -> None:
     doctor = make_user("doctor", username="bs.huyen", full_name="Nguyễn Thị Huyền", site="DIST")
     make_user("pathologist", username="gpb.long", full_name="Phạm Văn Long", site="CENT")
-    case = open_case(SlideClient(app.test_client(), make_token(doctor)), question="Ung thư biểu mô tuyến?")
+    case = open_case(
+        SlideClient(app.test_client(), make_token(doctor)),
+        "CMU-1-Small-Region.svs",
+        question="Ung thư biểu mô tuyến?",
+    )
     slide_id = case["slides"][0]["id"]
 
     with chromium() as browser:

@@ -31,7 +31,7 @@ def test_a_case_is_recorded_in_fhir_and_shared_with_the_central_site(
     slide_id = case["slides"][0]["id"]
     assert central.get(f"/api/v1/cases/{case['id']}").status_code == 200
     assert central.get(f"/api/v1/slides/{slide_id}").status_code == 200
-    assert central.get(f"/slides/{slide_id}_files/12/0_0.jpeg").status_code == 200
+    assert central.get(f"/slides/{slide_id}_files/4/0_0.jpeg").status_code == 200
     assert central.get(f"/api/v1/patients/{case['patient_id']}").status_code == 200
 
 
@@ -66,8 +66,8 @@ def test_only_the_two_sites_and_their_roles_see_a_case(
 def test_the_worklist_moves_a_case_from_new_to_in_progress_when_taken(
     district: SlideClient, central: SlideClient, slides_as: Callable[..., SlideClient]
 ) -> None:
-    first = open_case(district, "CMU-1-Small-Region.svs", "small.svs")
-    second = open_case(district, "boxes.tiff", question="Lymphoma?")
+    first = open_case(district, "small.svs", "boxes.tiff")
+    second = open_case(district, "CMU-1-Small-Region.svs", question="Lymphoma?")
 
     listed = central.get("/api/v1/cases").get_json()["cases"]
     assert [(c["id"], c["status"], c["slide_count"]) for c in listed] == [
