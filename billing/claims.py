@@ -12,7 +12,11 @@ trailing zeros. The builders here are pure; :func:`claim_for_invoice` gathers a 
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterable, Sequence
+import json
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
@@ -20,6 +24,7 @@ from typing import Any
 from xml.sax.saxutils import escape
 from zoneinfo import ZoneInfo
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from billing.bhyt import Referral
@@ -30,7 +35,7 @@ from billing.models import Charge, CoverageRecord, Invoice
 from billing.rules import rules_on
 from fhir import services as store
 from his.db import as_utc
-from his.errors import N_, Conflict
+from his.errors import N_, Conflict, VetinhError
 from his.identifiers import NATIONAL_ID_SYSTEM
 
 XML_DECLARATION = '<?xml version="1.0" encoding="utf-8"?>\n'
@@ -395,3 +400,105 @@ def claim_for_invoice(
         department=department,
         lines=tuple(lines),
     )
+
+
+def claims_between(
+    session: Session,
+    first_day: date,
+    last_day: date,
+    facility: Facility,
+    *,
+    department: str = "K01",
+    zone: ZoneInfo = DEFAULT_ZONE,
+) -> list[ClaimVisit]:
+    """Return the claims of the paid, insured visits from ``first_day`` to ``last_day`` (both included).
+
+    Visits without a card or without billed lines are left out.
+    """
+    invoices = session.scalars(
+        select(Invoice)
+        .where(
+            Invoice.visit_date >= first_day,
+            Invoice.visit_date <= last_day,
+            Invoice.status == "paid",
+            Invoice.coverage_id.is_not(None),
+        )
+        .order_by(Invoice.visit_date, Invoice.id)
+    )
+    visits = []
+    for invoice in invoices:
+        try:
+            visits.append(claim_for_invoice(session, invoice.id, facility, department=department, zone=zone))
+        except ClaimNotReady:
+            continue
+    return visits
+
+
+class ClaimRejected(Conflict):
+    """The social-insurance gateway refused a claim (not worth retrying as it is)."""
+
+    code = "BILLING_CLAIM_REJECTED"
+    message = N_("The social-insurance gateway refused the claim.")
+
+
+class ClaimGatewayUnavailable(VetinhError):
+    status = 503
+    code = "BILLING_CLAIM_GATEWAY_UNAVAILABLE"
+    message = N_("The social-insurance gateway cannot be reached; the claim will be sent again.")
+
+
+class ClaimGateway:
+    """Send signed claims to the social-insurance gateway, retrying when it is down or busy."""
+
+    def __init__(
+        self,
+        url: str | None,
+        *,
+        attempts: int = 3,
+        backoff_seconds: float = 0.5,
+        timeout: float = 30.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.url = (url or "").strip()
+        self.attempts = max(1, attempts)
+        self.backoff_seconds = backoff_seconds
+        self.timeout = timeout
+        self._sleep = sleep
+
+    def submit(self, document: bytes, *, link_code: str) -> str:
+        """Post one visit's signed envelope; return the gateway's receipt code.
+
+        A resend carries the same ``MA_LK`` (``link_code``), so the gateway replaces
+        rather than duplicates. Raises ClaimRejected on a 4xx answer, and
+        ClaimGatewayUnavailable when no URL is configured or every attempt failed.
+        """
+        if not self.url:
+            raise ClaimGatewayUnavailable(extra={"reason": "not configured"})
+        last: str = ""
+        for attempt in range(self.attempts):
+            if attempt:
+                self._sleep(self.backoff_seconds * 2 ** (attempt - 1))
+            request = urllib.request.Request(  # noqa: S310 - the operator's configured gateway endpoint
+                self.url,
+                data=document,
+                headers={"Content-Type": "application/xml; charset=utf-8", "X-Ma-Lk": link_code},
+                method="POST",
+            )
+            try:
+                with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310 - as above
+                    answer = json.loads(response.read().decode("utf-8"))
+            except urllib.error.HTTPError as exc:
+                if 400 <= exc.code < 500:
+                    raise ClaimRejected(extra={"status": exc.code, "link_code": link_code}) from exc
+                last = f"HTTP {exc.code}"
+                continue
+            except (urllib.error.URLError, TimeoutError, ConnectionError, ValueError) as exc:
+                last = type(exc).__name__
+                continue
+            receipt = answer.get("receipt") if isinstance(answer, dict) else None
+            if isinstance(receipt, str) and receipt:
+                return receipt
+            last = "no receipt"
+        raise ClaimGatewayUnavailable(
+            extra={"reason": last, "attempts": self.attempts, "link_code": link_code}
+        )

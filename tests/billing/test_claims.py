@@ -131,3 +131,61 @@ def test_a_visit_without_a_card_is_not_claimed(app, prices, patient, encounter):
         invoice = open_invoice(session, encounter, Facility(code="01234"))
         with pytest.raises(ClaimNotReady):
             claim_for_invoice(session, invoice.id, Facility(code="01234"))
+
+
+def test_the_batch_holds_the_paid_insured_visits_of_the_range(app, invoice):
+    from billing.claims import claims_between
+    from billing.payments import record_desk_payment
+
+    facility = Facility(code="01234")
+    with get_database(app).session_scope() as session:
+        assert claims_between(session, date(2025, 9, 1), date(2025, 9, 30), facility) == []  # not paid yet
+    with app.app_context(), get_database(app).session_scope() as session:
+        record_desk_payment(session, invoice.id, channel="cash", amount=192589, cashier="thungan")
+    with get_database(app).session_scope() as session:
+        assert [
+            v.link_code for v in claims_between(session, date(2025, 9, 1), date(2025, 9, 30), facility)
+        ] == [invoice.reference]
+        assert claims_between(session, date(2025, 10, 1), date(2025, 10, 31), facility) == []
+
+
+class FlakyClaimGateway:
+    """Answer 503 a given number of times, then accept; refuse envelopes without GIAMDINHHS with 400."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.received: list[tuple[str, bytes]] = []
+
+    def __call__(self, environ, start_response):
+        from werkzeug.wrappers import Request, Response
+
+        request = Request(environ)
+        body = request.get_data()
+        self.received.append((request.headers.get("X-Ma-Lk", ""), body))
+        if b"<GIAMDINHHS>" not in body:
+            return Response("{}", status=400, mimetype="application/json")(environ, start_response)
+        if self.failures:
+            self.failures -= 1
+            return Response("busy", status=503)(environ, start_response)
+        return Response('{"receipt": "R-0001"}', mimetype="application/json")(environ, start_response)
+
+
+def test_the_submission_retries_a_busy_gateway_and_gives_up_clearly():
+    from billing.claims import ClaimGateway, ClaimGatewayUnavailable, ClaimRejected
+
+    from .fakes import serve
+
+    document = claim_document(WORKED_EXAMPLE, date(2025, 9, 10))
+    waits: list[float] = []
+    flaky = FlakyClaimGateway(failures=2)
+    with serve(flaky) as url:
+        gateway = ClaimGateway(url, attempts=3, backoff_seconds=0.1, sleep=waits.append)
+        assert gateway.submit(document, link_code="VP2025000001") == "R-0001"
+        assert waits == [0.1, 0.2]
+        assert [lk for lk, _body in flaky.received] == ["VP2025000001"] * 3
+        flaky.failures = 5
+        with pytest.raises(ClaimGatewayUnavailable) as caught:
+            gateway.submit(document, link_code="VP2025000001")
+        assert caught.value.extra["reason"] == "HTTP 503"
+        with pytest.raises(ClaimRejected):
+            gateway.submit(b"<not-a-claim/>", link_code="VP2025000001")
