@@ -23,6 +23,7 @@ from flask_babel import lazy_gettext as _l
 from sqlalchemy import select
 from werkzeug.wrappers import Response as BaseResponse
 
+import billing.demo  # noqa: F401 - registers the demo price list for `vetinh demo`
 from billing.charges import ChargeNotFound, add_manual_charge, charges_of_encounter, void_charge
 from billing.coverage import CardEntry, active_coverage, entry_from_gateway, register_card
 from billing.gateway import EligibilityGateway

@@ -207,3 +207,14 @@ def test_the_demo_price_list_imports_and_shows(app, client):
     html = client.get("/prices?q=sieu+am&day=2025-01-01").get_data(as_text=True)
     assert "Siêu âm ổ bụng (demo)" in html
     assert "43.900\u00a0₫" in html
+
+
+def test_the_demo_command_loads_the_demo_price_list(app, sites):
+    from billing.demo import load_demo
+
+    with get_database(app).session_scope() as session:
+        load_demo(session, sites)
+        assert session.scalar(select(func.count()).select_from(PriceEntry)) > 0
+    from his.demo import _LOADERS
+
+    assert any(loader is load_demo for _order, loader in _LOADERS)
