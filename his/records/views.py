@@ -18,7 +18,7 @@ from sqlalchemy import select
 from werkzeug.wrappers import Response as BaseResponse
 
 from his import audit
-from his.db import get_database, get_session
+from his.db import begin_immediate, get_database, get_session
 from his.errors import Conflict, Forbidden, NotFound, ValidationFailed, VetinhError
 from his.i18n import local_zone
 from his.models import Site, User
@@ -46,6 +46,27 @@ add_nav_item("records.worklist", _l("Worklist"), {"doctor", "nurse"}, icon="list
 add_nav_item("records.pharmacy_home", _l("Pharmacy"), {"pharmacist"}, icon="pill", order=20)
 add_nav_item("records.my_records", _l("My records"), {"patient"}, icon="file", order=30)
 add_nav_item("records.antibiotic_report", _l("Antibiotic use"), {"manager"}, icon="chart", order=60)
+
+
+@bp.before_request
+def _take_sqlite_write_lock() -> None:
+    """On SQLite, start a writing request with the write lock held.
+
+    A transaction that read first and writes later fails with "database is locked" when
+    another writer got in between (two pharmacists dispensing one prescription); holding
+    the lock from the start makes them wait their turn. PostgreSQL needs nothing: the
+    dispensing UPDATE re-checks its condition on the locked row.
+    """
+    if request.method != "POST":
+        return
+    session = get_session()
+    if session.get_bind().dialect.name != "sqlite":
+        return
+    if session.in_transaction():
+        if session.new or session.dirty or session.deleted:
+            return
+        session.commit()
+    begin_immediate(session)
 
 
 def _actor() -> Actor:

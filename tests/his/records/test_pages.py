@@ -243,3 +243,66 @@ def test_doctor_opens_from_the_worklist_prescribes_overrides_and_signs(
     _doctor_prescribes_sees_the_warning_overrides_and_signs(
         client.application.test_client(), make_visit, doctor
     )
+
+
+def test_two_pharmacists_dispensing_at_once_never_exceed_the_quantity(
+    app: Flask, make_visit: Callable[..., Visit], doctor: User, make_user: Callable[..., User]
+) -> None:
+    import threading
+    from datetime import date
+    from decimal import Decimal
+
+    from his.db import begin_immediate
+    from his.errors import Conflict
+    from his.records import pharmacy, services, signatures
+    from his.records.models import PrescriptionItem
+
+    from .conftest import actor_of, unit_of_work
+
+    visit = make_visit()
+    pharmacists = [make_user("pharmacist"), make_user("pharmacist")]
+    with unit_of_work(app) as session:
+        services.add_diagnosis(session, visit.encounter_id, "J02.9", actor_of(doctor))
+        prescription, _plan = services.save_prescription(
+            session,
+            visit.encounter_id,
+            services.DraftPrescription((services.DraftLine("VTS0020", "sáng 1 viên, tối 1 viên"),), 5),
+            actor_of(doctor),
+            on=date.today(),
+        )
+        signatures.sign_encounter(
+            session, visit.encounter_id, actor_of(doctor), overrides={}, secret="k" * 40, on=date.today()
+        )
+        code = prescription.code
+    barrier = threading.Barrier(2)
+    outcomes: list[str] = []
+
+    def dispense_all(pharmacist: User) -> None:
+        with app.app_context(), get_database(app).session_scope() as session:
+            found, _qr = pharmacy.find(session, code)
+            item = session.scalars(select(PrescriptionItem)).one()
+            barrier.wait(timeout=10)
+            try:
+                if session.get_bind().dialect.name == "sqlite":
+                    session.commit()
+                    begin_immediate(session)
+                pharmacy.dispense(
+                    session, found, {item.id: Decimal(10)}, actor_of(pharmacist), today=date.today()
+                )
+                outcomes.append("dispensed")
+            except Conflict as exc:
+                outcomes.append(exc.code)
+                session.rollback()
+
+    threads = [threading.Thread(target=dispense_all, args=(p,)) for p in pharmacists]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert sorted(outcomes) == ["DISPENSE_EXCEEDS_PRESCRIPTION", "dispensed"]
+    with get_database(app).session_scope() as db:
+        assert db.scalars(select(PrescriptionItem.dispensed)).one() == 10
+        assert (
+            len(store.search(db, "MedicationDispense", [("patient", f"Patient/{visit.patient_id}")]).matches)
+            == 1
+        )

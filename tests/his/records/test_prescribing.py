@@ -317,6 +317,61 @@ def test_prescribing_rules_codes_and_grouping(
     session.commit()
 
 
+def _a_pkcs12_key_from_a_real_ca_signs_verifiably(
+    session: Session, make_visit: Callable[..., Visit], doctor: User
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.hazmat.primitives.serialization import BestAvailableEncryption, pkcs12
+    from cryptography.x509.oid import NameOID
+
+    from his.errors import BadRequest
+    from his.records.signing import import_pkcs12
+
+    visit = make_visit()
+    now = datetime.now(UTC)
+    ca_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Test Public CA")])
+    ca_cert = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(1)
+        .not_valid_before(now - timedelta(days=1))
+        .not_valid_after(now + timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "BS Lê Văn Minh (CA công cộng)")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(2)
+        .not_valid_before(now - timedelta(days=1))
+        .not_valid_after(now + timedelta(days=30))
+        .sign(ca_key, hashes.SHA256())
+    )
+    blob = pkcs12.serialize_key_and_certificates(
+        b"minh", key, cert, [ca_cert], BestAvailableEncryption(b"mat-khau")
+    )
+    user = session.get(User, doctor.id)
+    with pytest.raises(BadRequest):
+        import_pkcs12(session, user, blob, "sai-mat-khau", SECRET)
+    row = import_pkcs12(session, user, blob, "mat-khau", SECRET)
+    assert row.source == "pkcs12"
+    signature = _signed(session, visit, doctor)
+    assert signature.key_id == row.id
+    report = signatures.verify(session, signature)
+    assert report.valid, report.problems
+    assert "CA công cộng" in report.signer
+
+
 def test_signing_overrides_provenance_keys_and_immutability(
     session: Session,
     make_visit: Callable[..., Visit],
@@ -331,6 +386,7 @@ def test_signing_overrides_provenance_keys_and_immutability(
     session.commit()
     _a_signed_record_refuses_edits(session, make_visit, doctor)
     session.commit()
+    _a_pkcs12_key_from_a_real_ca_signs_verifiably(session, make_visit, doctor)
 
 
 def test_verification_finds_tampering_and_unsigned_versions(
