@@ -55,6 +55,18 @@ class Server:
             found += [int(p) for p in children.read_text().split()]
         return found
 
+    def cpu_seconds(self) -> float:
+        """Return the CPU time (user + system) the server's processes have used so far."""
+        ticks = os.sysconf("SC_CLK_TCK")
+        total = 0.0
+        for pid in self.pids():
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except FileNotFoundError:
+                continue
+            total += (int(fields[11]) + int(fields[12])) / ticks
+        return total
+
     def peak_rss_mb(self) -> float:
         """Return the largest peak resident set size among the server's processes."""
         peaks = []
@@ -242,9 +254,11 @@ def load_all(server: Server, clients: int) -> dict[str, float]:
         figures["batch_resources"] = count
         figures["batch_per_second"] = count / (time.perf_counter() - start)
         start = time.perf_counter()
+        cpu = server.cpu_seconds()
         count = _post_many(server, texts, clients)
         figures["transaction_resources"] = count
         figures["transaction_per_second"] = count / (time.perf_counter() - start)
+        figures["transaction_per_cpu_second"] = count / max(server.cpu_seconds() - cpu, 1e-9)
         big = merged_transaction(patients)
         start = time.perf_counter()
         count = post_bundle(http, server, big)
@@ -279,11 +293,16 @@ def main() -> None:
                 f"{figures['transaction_per_second']:.0f}/s ({args.clients} clients)"
             )
             print(
+                f"  per server CPU-second: {figures['transaction_per_cpu_second']:.0f} (the app's own work, load aside)"
+            )
+            print(
                 f"one {figures['big_bundle_mb']:.1f} MB transaction: {figures['big_bundle_resources']:.0f} resources, "
                 f"{figures['big_bundle_per_second']:.0f}/s"
             )
             print(f"peak server RSS:       {figures['peak_rss_mb']:.0f} MB (target < {TARGET_RSS_MB} MB)")
-            print(f"target: >= {TARGET_PER_SECOND} resources/s on PostgreSQL")
+            print(
+                f"target: >= {TARGET_PER_SECOND} resources/s on PostgreSQL; load average now {os.getloadavg()[0]:.1f}"
+            )
 
 
 if __name__ == "__main__":
