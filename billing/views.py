@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import zipfile
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
@@ -25,6 +27,7 @@ from werkzeug.wrappers import Response as BaseResponse
 
 import billing.demo  # noqa: F401 - registers the demo price list for `vetinh demo`
 from billing.charges import ChargeNotFound, add_manual_charge, charges_of_encounter, void_charge
+from billing.claims import claim_document, claims_between
 from billing.coverage import CardEntry, active_coverage, entry_from_gateway, register_card
 from billing.gateway import EligibilityGateway
 from billing.invoices import (
@@ -32,6 +35,7 @@ from billing.invoices import (
     UnpricedCharges,
     get_invoice,
     get_or_create_invoice,
+    invoice_by_reference,
     open_invoice,
     refresh_invoice,
     unpriced_charges,
@@ -67,6 +71,7 @@ from billing.services import (
     search_prices,
 )
 from billing.vietqr import render_png, render_svg
+from billing.xmlsign import sign_envelope
 from his import audit
 from his.db import begin_immediate, get_session, utcnow
 from his.errors import N_, ConfigurationError, ValidationFailed, VetinhError
@@ -795,4 +800,59 @@ def daily_report_csv() -> Response:
         report_csv(build_daily_report(get_session(), day, _zone())),
         mimetype="text/csv",
         headers={"Content-Disposition": f'attachment; filename="takings-{day.isoformat()}.csv"'},
+    )
+
+
+def _signing_material() -> tuple[Any, Any] | None:
+    """Load the facility's claim-signing key and certificate from the configured PEM files, if any."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key_path = current_app.config.get("VETINH_CLAIM_SIGNING_KEY")
+    cert_path = current_app.config.get("VETINH_CLAIM_SIGNING_CERT")
+    if not key_path or not cert_path:
+        return None
+    with open(key_path, "rb") as key_file, open(cert_path, "rb") as cert_file:
+        key = serialization.load_pem_private_key(key_file.read(), password=None)
+        certificate = x509.load_pem_x509_certificate(cert_file.read())
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise ConfigurationError(N_("The claim-signing key must be an RSA key."))
+    return key, certificate
+
+
+@bp.get("/billing/claims.zip")
+@roles_required(*CASHIER_ROLES)
+def claims_zip() -> Response:
+    """Download the insurance claims (XML 130, one envelope per visit) of a date range as a zip (audited)."""
+    try:
+        first_day = date.fromisoformat(request.args.get("from", ""))
+        last_day = date.fromisoformat(request.args.get("to", ""))
+    except ValueError:
+        message = N_("Write the date as YYYY-MM-DD.")
+        raise ValidationFailed(message, fields={"from": message, "to": message}) from None
+    if last_day < first_day or (last_day - first_day).days > 31:
+        message = N_("Choose a range of at most 31 days.")
+        raise ValidationFailed(message, fields={"to": message})
+    session = get_session()
+    facility = _facility()
+    signing = _signing_material()
+    today = datetime.now(_zone()).date()
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for visit in claims_between(session, first_day, last_day, facility, zone=_zone()):
+            document = claim_document(visit, today, _zone())
+            if signing is not None:
+                document = sign_envelope(document, *signing)
+            archive.writestr(f"{visit.link_code}.xml", document)
+            invoice = invoice_by_reference(session, visit.link_code)
+            audit.record(
+                "export", "Claim", visit.link_code, patient_id=invoice.patient_id if invoice else None
+            )
+    return Response(
+        buffer.getvalue(),
+        mimetype="application/zip",
+        headers={
+            "Content-Disposition": f'attachment; filename="claims-{first_day.isoformat()}-{last_day.isoformat()}.zip"'
+        },
     )

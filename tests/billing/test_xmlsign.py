@@ -85,3 +85,42 @@ def test_a_signature_by_another_key_fails(signed):
 def test_an_unsigned_envelope_does_not_verify():
     with pytest.raises(SignatureInvalid):
         verify_envelope(claim_document(WORKED_EXAMPLE, date(2025, 9, 10)))
+
+
+def test_the_claims_of_a_range_download_signed_and_audited(
+    app, client, make_user, invoice, facility_key, tmp_path
+):
+    import io
+    import zipfile
+
+    from cryptography.hazmat.primitives import serialization
+    from sqlalchemy import select
+
+    from billing.payments import record_desk_payment
+    from his.db import get_database
+    from his.models import AuditRecord
+    from tests.conftest import login
+
+    key, certificate = facility_key
+    key_path, cert_path = tmp_path / "key.pem", tmp_path / "cert.pem"
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    app.config["VETINH_CLAIM_SIGNING_KEY"] = str(key_path)
+    app.config["VETINH_CLAIM_SIGNING_CERT"] = str(cert_path)
+    with app.app_context(), get_database(app).session_scope() as session:
+        record_desk_payment(session, invoice.id, channel="cash", amount=192589, cashier="thungan")
+    make_user("manager", username="quanly")
+    login(client, "quanly")
+    response = client.get("/billing/claims.zip?from=2025-09-01&to=2025-09-30")
+    assert response.mimetype == "application/zip"
+    with zipfile.ZipFile(io.BytesIO(response.data)) as archive:
+        assert archive.namelist() == [f"{invoice.reference}.xml"]
+        assert verify_envelope(archive.read(f"{invoice.reference}.xml")) == certificate
+    assert client.get("/billing/claims.zip?from=2025-09-01&to=2025-12-31").status_code == 422
+    with get_database(app).session_scope() as session:
+        exports = session.scalars(select(AuditRecord).where(AuditRecord.action == "export")).all()
+        assert [(row.entity_id, row.username) for row in exports] == [(invoice.reference, "quanly")]
