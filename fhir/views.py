@@ -20,7 +20,8 @@ from flask import Blueprint, Response, current_app, g, request
 from sqlalchemy import select
 from sqlalchemy.sql import Select
 
-from fhir import auditevents, export, jsontext, services
+import fhir.jobs  # noqa: F401  (registers the FHIR jobs; the app factory imports only this module)
+from fhir import export, jsontext, services
 from fhir.capability import capability_statement
 from fhir.services import SearchResult, StoredResource
 from fhir.validation import is_resource_type
@@ -35,7 +36,6 @@ from his.errors import (
     Unauthorized,
     UnsupportedMediaType,
 )
-from his.jobs import register_job
 from his.security import Principal, current_principal
 
 bp = Blueprint("fhir", __name__, url_prefix="/fhir/R4")
@@ -1011,7 +1011,3 @@ def export_file(export_id: str, name: str) -> Response:
         raise NotFound("No such export file.", code="FHIR_EXPORT_NOT_FOUND")
     path = _export_root() / export_id / name
     return Response(path.read_bytes(), mimetype="application/fhir+ndjson")
-
-
-register_job("fhir.bulk_export", export.run_pending, "interval", seconds=5, coalesce=True, max_instances=1)
-register_job("fhir.audit_events", auditevents.run, "interval", seconds=10, coalesce=True, max_instances=1)
