@@ -415,6 +415,17 @@ def create(resource_type: str) -> Response:
     return _write_response(stored, 201 if stored.created else 200)
 
 
+def _check_may_change(principal: Principal, patients: set[str]) -> None:
+    """Raise Forbidden unless the caller may write the patients a resource belongs to now."""
+    if not patients or _sees_everything(principal):
+        return
+    if _is_patient(principal):
+        if patients - _own_patients(principal):
+            raise _forbidden_compartment()
+    else:
+        _ensure_access(principal, patients, "write")
+
+
 @bp.put("/<resource_type>/<resource_id>")
 def update(resource_type: str, resource_id: str) -> Response:
     """Update, or create under the client's id; If-Match makes it conditional on the version."""
@@ -422,13 +433,7 @@ def update(resource_type: str, resource_id: str) -> Response:
     principal = _principal(resource_type, "write")
     _guard_audit_events(principal, resource_type, "write")
     session = get_session()
-    before = services.compartments_of(session, resource_type, resource_id)
-    if before and not _sees_everything(principal):
-        if _is_patient(principal):
-            if before - _own_patients(principal):
-                raise _forbidden_compartment()
-        else:
-            _ensure_access(principal, before, "write")
+    _check_may_change(principal, services.compartments_of(session, resource_type, resource_id))
     stored = services.update(
         session,
         resource_type,
@@ -449,8 +454,12 @@ def conditional_update(resource_type: str) -> Response:
     principal = _principal(resource_type, "write")
     _guard_audit_events(principal, resource_type, "write")
     query = _condition_query()
+    session = get_session()
+    match = services._conditional_match(session, resource_type, query)
+    if match is not None:
+        _check_may_change(principal, services.compartments_of(session, resource_type, match.id))
     stored = services.conditional_update(
-        get_session(), resource_type, query, _body(), check_references=_check_references()
+        session, resource_type, query, _body(), check_references=_check_references()
     )
     g.fhir_audit.entity_id = stored.id
     _check_writable(principal, resource_type, stored.id, new_patient=stored.created)

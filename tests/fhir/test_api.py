@@ -482,3 +482,16 @@ def test_client_credentials_give_a_system_token_for_fhir(app: Flask, client: Any
         data={"grant_type": "client_credentials", "client_id": "national-gateway", "client_secret": "guess"},
     )
     assert wrong.status_code == 401
+
+
+def test_staff_cannot_move_another_sites_record_by_update(
+    fhir: FhirClient, fhir_as: Callable[..., FhirClient]
+) -> None:
+    theirs = _create(fhir, patient_body())
+    obs = _create(fhir, _observation(theirs["id"]))
+    outsider = fhir_as("doctor", site="CENT")
+    own = outsider.post("Patient", patient_body(identifier=[])).json
+    moved = {**obs, "subject": {"reference": f"Patient/{own['id']}"}}
+    assert outsider.put(f"Observation/{obs['id']}", moved).status_code == 403
+    assert outsider.put(f"Observation?_id={obs['id']}", moved).status_code == 403
+    assert fhir.get(f"Observation/{obs['id']}").json["subject"]["reference"] == f"Patient/{theirs['id']}"
