@@ -39,6 +39,7 @@ class _Entry:
     if_match: str | None
     target_id: str | None = None
     existing: StoredResource | None = None
+    same_as: _Entry | None = None
 
     @property
     def where(self) -> str:
@@ -303,11 +304,26 @@ def _transaction(session: Session, raw_entries: list[Any], check_references: boo
         )
     urn_map: dict[str, str] = {}
     touched: set[tuple[str, str]] = set()
+    conditions: dict[tuple[str, str], _Entry] = {}
     for entry in sorted(entries, key=lambda e: METHOD_ORDER[e.method]):
+        condition = (
+            (entry.type, entry.if_none_exist) if entry.method == "POST" and entry.if_none_exist else None
+        )
+        if condition is not None and condition in conditions:
+            # A second conditional create of the same thing finds the first one, as it would
+            # if the entries ran one after another.
+            entry.same_as = conditions[condition]
+            entry.existing = entry.same_as.existing
+            entry.target_id = entry.same_as.target_id
+            if entry.full_url and entry.target_id is not None:
+                urn_map[entry.full_url] = f"{entry.type}/{entry.target_id}"
+            continue
         try:
             _resolve_identity(session, entry)
         except VetinhError as exc:
             raise _entry_error(entry.index, exc) from exc
+        if condition is not None:
+            conditions[condition] = entry
         if entry.target_id is not None and entry.method != "GET":
             key = (entry.type, entry.target_id)
             if key in touched:
@@ -318,7 +334,7 @@ def _transaction(session: Session, raw_entries: list[Any], check_references: boo
     conditional_cache: dict[str, str] = {}
     found: list[tuple[str, str]] = []
     for entry in entries:
-        if entry.resource is not None and entry.existing is None:
+        if entry.resource is not None and entry.existing is None and entry.same_as is None:
             seen = _rewrite_references(session, entry, urn_map, conditional_cache)
             if entry.method in ("POST", "PUT"):
                 found.extend(seen)
@@ -326,7 +342,10 @@ def _transaction(session: Session, raw_entries: list[Any], check_references: boo
         written = {
             (e.type, e.target_id)
             for e in entries
-            if e.method in ("POST", "PUT") and e.existing is None and e.target_id is not None
+            if e.method in ("POST", "PUT")
+            and e.existing is None
+            and e.same_as is None
+            and e.target_id is not None
         }
         services.check_found_references(session, found, {(t, str(i)) for t, i in written})
     results = _write_all(session, entries)
@@ -422,7 +441,7 @@ def _write_all(session: Session, entries: list[_Entry]) -> dict[int, EntryResult
     moment = services._now()
     writes: list[tuple[_Entry, _Write, int]] = []
     for entry in sorted(entries, key=lambda e: METHOD_ORDER[e.method]):
-        if entry.method in ("GET", "HEAD"):
+        if entry.method in ("GET", "HEAD") or entry.same_as is not None:
             continue
         if entry.existing is not None:
             results[entry.index] = _written(entry.existing, 200)
@@ -477,4 +496,10 @@ def _write_all(session: Session, entries: list[_Entry]) -> dict[int, EntryResult
     for entry, write, code in writes:
         stored = services._to_stored(write, created=code == 201)
         results[entry.index] = EntryResult(status=status_line(204)) if code == 204 else _written(stored, code)
+    for entry in entries:
+        first = entry.same_as
+        if first is not None:
+            found = first.existing or results[first.index].stored
+            assert found is not None
+            results[entry.index] = _written(found, 200)
     return results

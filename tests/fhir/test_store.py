@@ -446,3 +446,29 @@ def test_a_referenced_resource_cannot_be_deleted_alone(db: Session) -> None:
     }
     assert [e.status for e in services.transaction(db, both).entries] == ["204 No Content", "204 No Content"]
     assert services.search(db, "Observation", {}).total == 0
+
+
+def test_repeated_conditional_creates_in_one_transaction_make_one_resource(db: Session) -> None:
+    organization = {
+        "resourceType": "Organization",
+        "identifier": [{"system": "http://example.org/org", "value": "7"}],
+    }
+    entry = {
+        "resource": organization,
+        "request": {
+            "method": "POST",
+            "url": "Organization",
+            "ifNoneExist": "identifier=http://example.org/org|7",
+        },
+    }
+    result = services.transaction(
+        db,
+        {
+            "resourceType": "Bundle",
+            "type": "transaction",
+            "entry": [{**entry, "fullUrl": "urn:uuid:o1"}, {**entry, "fullUrl": "urn:uuid:o2"}],
+        },
+    )
+    assert [e.status for e in result.entries] == ["201 Created", "200 OK"]
+    assert result.entries[0].stored.id == result.entries[1].stored.id  # type: ignore[union-attr]
+    assert services.search(db, "Organization", {}).total == 1
