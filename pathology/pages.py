@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from flask import flash, redirect, render_template, request, url_for
+from flask import Response, flash, redirect, render_template, request, url_for
 from flask_babel import gettext as _
 from flask_babel import lazy_gettext as _l
 from werkzeug.wrappers import Response as BaseResponse
@@ -13,6 +13,7 @@ from werkzeug.wrappers import Response as BaseResponse
 from his import audit
 from his.db import get_session
 from his.errors import ValidationFailed, VetinhError
+from his.events import sse_response
 from his.models import Site, User
 from his.navigation import add_nav_item
 from his.security import current_principal, roles_required
@@ -290,3 +291,13 @@ def viewer_page(slide_id: str) -> str:
         calibrated=calibrated,
         site=session.get(Site, slide.site_id),
     )
+
+
+LIVE_TOPICS = ["report.signed", "pathology.case.created", "pathology.case.taken"]
+
+
+@bp.get("/pathology/events")
+@roles_required("doctor", "nurse", "pathologist")
+def live_events() -> Response:
+    """Stream the consult events that make a case list or a case page worth reloading (ids only)."""
+    return sse_response(LIVE_TOPICS)

@@ -92,6 +92,13 @@ def test_pathologist_reads_annotates_measures_and_signs_and_the_district_doctor_
         assert page.locator("[data-testid=annotation-layer] polygon").count() == 1
         assert page.locator("[data-testid=annotation-layer] polyline").count() == 1
 
+        # The district doctor waits on the case page; the signed report arrives by the event bus.
+        district = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
+        log_in(district, live_server.url, "bs.huyen")
+        district.goto(live_server.url + "/pathology/cases")
+        district.locator(f"tr[data-case-id='{case['id']}']").get_by_test_id("case-link").click()
+        assert district.get_by_test_id("report-pending").is_visible()
+
         page.get_by_role("link", name="Back to the case").click()
         page.fill("textarea[name=macroscopic]", "Hai mảnh sinh thiết, 8 và 11 mm.")
         page.fill(
@@ -103,12 +110,8 @@ def test_pathologist_reads_annotates_measures_and_signs_and_the_district_doctor_
         page.get_by_test_id("sign-report").click()
         page.wait_for_selector("[data-testid=signed-report]")
         assert page.get_by_test_id("signature-status").get_attribute("class") == "badge badge-success"
-        assert page.get_by_test_id("case-status").inner_text() != ""
 
-        district = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
-        log_in(district, live_server.url, "bs.huyen")
-        district.goto(live_server.url + "/pathology/cases")
-        district.locator(f"tr[data-case-id='{case['id']}']").get_by_test_id("case-link").click()
+        district.wait_for_selector("[data-testid=signed-report]", timeout=15_000)
         assert district.get_by_test_id("report-conclusion").inner_text() == (
             "Ung thư biểu mô tuyến đại tràng sigma, biệt hoá vừa."
         )

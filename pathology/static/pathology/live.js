@@ -1,0 +1,24 @@
+// Reload a case list or a waiting case page when the event bus says something changed for it
+// (a case sent to this site, taken, or reported). Events carry ids only; the page shows the data.
+(function () {
+  "use strict";
+  var anchor = document.getElementById("pathology-live");
+  if (!anchor || !window.EventSource) return;
+  var caseIds = Array.prototype.map.call(document.querySelectorAll("[data-case-id]"), function (node) {
+    return node.getAttribute("data-case-id");
+  });
+  var siteId = anchor.getAttribute("data-site-id");
+  var source = new EventSource(anchor.getAttribute("data-events"));
+  function onEvent(event) {
+    var data = JSON.parse(event.data);
+    var mine = (data.case_id && caseIds.indexOf(data.case_id) !== -1) ||
+      (siteId && event.type === "pathology.case.created" && String(data.receiving_site_id) === siteId);
+    if (mine) {
+      source.close();
+      window.location.reload();
+    }
+  }
+  anchor.getAttribute("data-topics").split(" ").forEach(function (topic) {
+    source.addEventListener(topic, onEvent);
+  });
+})();
