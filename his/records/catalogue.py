@@ -172,8 +172,8 @@ def parse_drug_rows(rows: Iterable[Mapping[str, str | None]]) -> list[Drug]:
     """
     errors: dict[str, str] = {}
     drugs: dict[str, Drug] = {}
-    for line, row in enumerate(rows, start=2):
-        row = {k: (v or "").strip() for k, v in row.items() if k}
+    for line, raw in enumerate(rows, start=2):
+        row: dict[str, str] = {k: (v or "").strip() for k, v in raw.items() if k}
         code = row.get("code", "")
         if not code or len(code) > 40:
             errors[f"line {line}: code"] = N_("A code of 1 to 40 characters is required.")

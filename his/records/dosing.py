@@ -104,14 +104,14 @@ def parse_dosage(text: str) -> Dosage:
             unit = unit or _unit(match["unit"])
     else:
         for pattern in _FREQ_PATTERNS:
-            match = pattern.search(folded)
-            if match:
-                times = int(match["times"])
+            found = pattern.search(folded)
+            if found:
+                times = int(found["times"])
                 if times < 1 or times > 24:
                     raise DosageNotUnderstood(text)
-                amount = _amount(match["amount"])
+                amount = _amount(found["amount"])
                 administrations = [(None, amount)] * times
-                unit = _unit(match["unit"])
+                unit = _unit(found["unit"])
                 break
     if not administrations or any(amount <= 0 for _slot, amount in administrations):
         raise DosageNotUnderstood(text)

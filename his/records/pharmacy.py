@@ -208,7 +208,7 @@ def dispense(
     for item_id, amount in sorted(wanted.items()):
         line = lines[item_id]
         # One atomic statement: two pharmacists dispensing at once cannot exceed the quantity.
-        changed = session.execute(
+        changed = session.execute(  # type: ignore[attr-defined]
             update(PrescriptionItem)
             .where(
                 PrescriptionItem.id == item_id,

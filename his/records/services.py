@@ -761,18 +761,13 @@ def save_prescription(
         discard_draft(session, prescription)
         prescription = None
     if prescription is None:
-        code = new_code(
-            site.facility_code,
-            plan.kind,
-            lambda random: (
-                session.scalar(
-                    select(Prescription.id).where(
-                        Prescription.code.startswith(f"{site.facility_code.upper()}{random}-")
-                    )
-                )
-                is not None
-            ),
-        )
+        facility = site.facility_code.upper()
+
+        def taken(random: str) -> bool:
+            used = select(Prescription.id).where(Prescription.code.startswith(f"{facility}{random}-"))
+            return session.scalar(used) is not None
+
+        code = new_code(facility, plan.kind, taken)
         prescription = Prescription(
             code=str(code),
             facility_code=code.facility,

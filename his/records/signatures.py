@@ -250,6 +250,46 @@ def amend(
     )
 
 
+def addendum(
+    session: Session,
+    encounter_id: str,
+    resource: dict[str, Any],
+    actor: Actor,
+    *,
+    reason: str,
+    secret: str,
+) -> Signature:
+    """Add a new resource to a signed encounter and sign it on its own, with the reason.
+
+    Raises ValidationFailed without a reason, Conflict when the encounter is not signed.
+    """
+    if len(reason.strip()) < 3:
+        raise ValidationFailed(N_("Say why the record is amended."), fields={"reason": N_("Required.")})
+    latest = session.scalar(
+        select(Signature).where(Signature.encounter_id == encounter_id).order_by(Signature.id.desc())
+    )
+    if latest is None:
+        raise Conflict(N_("This record is not signed yet; change it directly."), code="RECORD_NOT_SIGNED")
+    user = session.get(User, actor.user_id)
+    if user is None:
+        raise NotFound(N_("Unknown user."))
+    created = store.create(session, resource)
+    who = practitioner_reference(session, actor)
+    return _sign(
+        session,
+        [created],
+        user,
+        actor,
+        who,
+        now_text(),
+        secret,
+        encounter_id,
+        None,
+        reason=reason.strip(),
+        supersedes=latest,
+    )
+
+
 @dataclass(frozen=True)
 class Problem:
     """One thing verification found wrong, naming the resource and, where known, the fields."""

@@ -20,6 +20,7 @@ from werkzeug.wrappers import Response as BaseResponse
 from his import audit
 from his.db import begin_immediate, get_database, get_session
 from his.errors import Conflict, Forbidden, NotFound, ValidationFailed, VetinhError
+from his.events import publish
 from his.i18n import local_zone
 from his.models import Site, User
 from his.navigation import add_nav_item
@@ -334,6 +335,70 @@ def sign(encounter_id: str) -> tuple[str, int] | BaseResponse:
     )
 
 
+@bp.route("/records/encounters/<encounter_id>/amend", methods=["GET", "POST"])
+@roles_required("doctor")
+def amend(encounter_id: str) -> str | tuple[str, int] | BaseResponse:
+    """Amend the note of a signed encounter: a new signed version naming the old one and why."""
+    encounter = _encounter_for(encounter_id, "write")
+    session = get_session()
+    record = services.encounter_record(session, encounter_id)
+    notes = services.store.search(
+        session, "Composition", [("encounter", f"Encounter/{encounter_id}")]
+    ).matches
+    errors: dict[str, str] = {}
+    message = ""
+    if request.method == "POST":
+        sections = {
+            name: request.form.get(name, "") for name in ("chief_complaint", "history", "examination", "plan")
+        }
+        try:
+            if not services.is_signed(session, encounter_id):
+                raise Conflict(
+                    _("Only the note of a signed record is amended here."), code="NOTHING_TO_AMEND"
+                )
+            rebuilt = services.mapping.clinical_note(
+                sections,
+                encounter.patient_id,
+                encounter_id,
+                services.now_text(),
+                services.practitioner_reference(session, _actor()),
+                notes[0].resource.get("title", "Khám bệnh") if notes else "Khám bệnh",
+            )
+            reason = request.form.get("reason", "")
+            if notes:
+                rebuilt.update(id=notes[0].id, status="amended")
+                signatures.amend(session, encounter_id, rebuilt, _actor(), reason=reason, secret=_secret())
+            else:
+                rebuilt["status"] = "final"
+                signatures.addendum(session, encounter_id, rebuilt, _actor(), reason=reason, secret=_secret())
+        except (ValidationFailed, Conflict) as exc:
+            session.rollback()
+            errors, message = exc.fields, _(exc.message)
+        else:
+            audit.record("amend", "Encounter", encounter_id, patient_id=encounter.patient_id)
+            return redirect(url_for("records.encounter", encounter_id=encounter_id, done="amended"), code=303)
+    html = render_template(
+        "records/amend.html", record=record, errors=errors, message=message, form=request.form
+    )
+    return (html, 422) if errors or message else html
+
+
+@bp.get("/records/certificates/<prefix>.pem")
+def certificate(prefix: str) -> Response:
+    """Publish a signer's certificate and its chain (public), named by its fingerprint's start.
+
+    With it, anyone holding a printed QR can check the signature offline.
+    """
+    from his.records.models import SigningKey
+
+    if len(prefix) < 16 or not all(c in "0123456789abcdef" for c in prefix):
+        raise NotFound()
+    row = get_session().scalar(select(SigningKey).where(SigningKey.fingerprint.startswith(prefix)))
+    if row is None:
+        raise NotFound()
+    return Response(row.certificate_pem + row.chain_pem, mimetype="application/x-pem-file")
+
+
 @bp.get("/records/icd10.json")
 @login_required
 def icd10_search() -> Response:
@@ -523,6 +588,14 @@ def dispense(code: str) -> tuple[str, int] | BaseResponse:
         session.rollback()
         return _pharmacy_page(found.code, errors=exc.fields, message=_(exc.message), status=exc.status)
     audit.record("dispense", "Prescription", found.code, patient_id=found.patient_id)
+    publish(
+        "prescription.dispensed",
+        {
+            "code": found.code,
+            "patient": found.patient_id,
+            "items": {str(k): str(v) for k, v in quantities.items()},
+        },
+    )
     return redirect(url_for("records.pharmacy_prescription", code=found.code, done="dispensed"), code=303)
 
 

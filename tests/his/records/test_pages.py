@@ -96,6 +96,19 @@ def _doctor_prescribes_sees_the_warning_overrides_and_signs(
     assert again.status_code == 409
     verification = client.get(f"/api/v1/records/verify/{code.lower()}").get_json()
     assert verification["valid"] is True
+    amend_page = client.get(f"{base}/amend")
+    assert amend_page.status_code == 200
+    no_reason = post(client, f"{base}/amend", {"chief_complaint": "Hồi hộp", "reason": ""}, f"{base}/amend")
+    assert no_reason.status_code == 422
+    amended = post(
+        client, f"{base}/amend", {"chief_complaint": "Hồi hộp, khó thở", "reason": "Bổ sung"}, f"{base}/amend"
+    )
+    assert amended.status_code == 303, re.findall(
+        r'role="alert"[^>]*>([^<]*)', amended.get_data(as_text=True)
+    )
+    after = client.get(f"/api/v1/records/verify/{visit.encounter_id}").get_json()
+    assert after["valid"] is True
+    assert [t.split("/")[0] for t in after["signatures"][-1]["targets"]] == ["Composition"]
     qr = client.get(f"/records/prescriptions/{code}/qr.svg")
     assert qr.status_code == 200
     assert qr.mimetype == "image/svg+xml"
@@ -185,6 +198,7 @@ def test_pharmacist_finds_by_code_or_qr_and_dispenses_partly_then_fully(
     refused = pharmacist.get("/pharmacy/", query_string={"q": forged})
     assert refused.status_code == 409
     assert "forged" in refused.get_data(as_text=True)
+    _check_qr_offline(app, qr)
     page = pharmacist.get(f"/pharmacy/prescriptions/{code}").get_data(as_text=True)
     assert 'data-valid="yes"' in page
     assert 'data-expired="no"' in page
@@ -306,3 +320,24 @@ def test_two_pharmacists_dispensing_at_once_never_exceed_the_quantity(
             len(store.search(db, "MedicationDispense", [("patient", f"Patient/{visit.patient_id}")]).matches)
             == 1
         )
+
+
+def _check_qr_offline(app: Flask, qr: str) -> None:
+    """Check the QR as a third party would: the published certificate and nothing else of ours."""
+    import base64
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+
+    prefix, code, digest, key, signature = qr.split("|")
+    anonymous = app.test_client()
+    published = anonymous.get(f"/records/certificates/{key}.pem")
+    assert published.status_code == 200
+    signer, issuer = x509.load_pem_x509_certificates(published.data)
+    signer.verify_directly_issued_by(issuer)
+    raw = base64.urlsafe_b64decode(signature + "=" * (-len(signature) % 4))
+    der = encode_dss_signature(int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:], "big"))
+    signer.public_key().verify(der, f"{prefix}|{code}|{digest}".encode(), ec.ECDSA(hashes.SHA256()))
+    assert anonymous.get("/records/certificates/0000000000000000.pem").status_code == 404
