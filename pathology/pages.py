@@ -293,7 +293,7 @@ def viewer_page(slide_id: str) -> str:
     )
 
 
-LIVE_TOPICS = ["report.signed", "pathology.case.created", "pathology.case.taken"]
+LIVE_TOPICS = ["report.signed", "pathology.case.created", "pathology.case.taken", "slide.ready"]
 
 
 @bp.get("/pathology/events")

@@ -1,5 +1,5 @@
 // Reload a case list or a waiting case page when the event bus says something changed for it
-// (a case sent to this site, taken, or reported). Events carry ids only; the page shows the data.
+// (a case sent to this site, taken, or reported; a slide's pyramid ready). Events carry ids only; the page shows the data.
 (function () {
   "use strict";
   var anchor = document.getElementById("pathology-live");
@@ -8,11 +8,13 @@
     return node.getAttribute("data-case-id");
   });
   var siteId = anchor.getAttribute("data-site-id");
+  var slideId = anchor.getAttribute("data-slide-id");
   var source = new EventSource(anchor.getAttribute("data-events"));
   function onEvent(event) {
     var data = JSON.parse(event.data);
     var mine = (data.case_id && caseIds.indexOf(data.case_id) !== -1) ||
-      (siteId && event.type === "pathology.case.created" && String(data.receiving_site_id) === siteId);
+      (siteId && event.type === "pathology.case.created" && String(data.receiving_site_id) === siteId) ||
+      (slideId && data.slide_id === slideId);
     if (mine) {
       source.close();
       window.location.reload();
