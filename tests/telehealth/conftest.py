@@ -24,12 +24,33 @@ REDIS_URL = os.environ.get("VETINH_TEST_REDIS_URL", "")
 
 
 @pytest.fixture(scope="session")
-def media_browser() -> Iterator[Any]:
-    """Start one Chromium with fake camera and microphone for every call-page test."""
-    from tests.browser import chromium
+def playwright() -> Iterator[Any]:
+    """Start Playwright once: its sync API cannot be started twice in one thread."""
+    from playwright.sync_api import sync_playwright
 
-    with chromium(media=True) as browser:
-        yield browser
+    from tests.browser import CHROMIUM
+
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"{CHROMIUM} is missing: install Debian's chromium to run browser tests")
+    with sync_playwright() as instance:
+        yield instance
+
+
+def launch_chromium(playwright: Any, *extra: str) -> Any:
+    """Launch Debian's Chromium with the suite's flags and ``extra`` ones."""
+    from tests.browser import CHROMIUM, CHROMIUM_ARGS
+
+    return playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=[*CHROMIUM_ARGS, *extra])
+
+
+@pytest.fixture(scope="session")
+def media_browser(playwright: Any) -> Iterator[Any]:
+    """Start one Chromium with fake camera and microphone for every call-page test."""
+    from tests.browser import MEDIA_ARGS
+
+    browser = launch_chromium(playwright, *MEDIA_ARGS)
+    yield browser
+    browser.close()
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import pytest
 from flask_babel import force_locale, gettext
 
 from tests.conftest import LiveServer
-from tests.telehealth.conftest import link_of
+from tests.telehealth.conftest import launch_chromium, link_of
 
 pytestmark = pytest.mark.e2e
 
@@ -90,3 +90,28 @@ def test_precall_echo_shows_the_patient_their_own_camera_and_microphone(
         vietnamese(live_server, "Microphone works"),
         vietnamese(live_server, "Connection works"),
     ]
+
+
+def test_a_blocked_camera_is_explained_to_the_patient(
+    live_server: LiveServer, visit_room: dict[str, Any], playwright: Any
+) -> None:
+    # Fake devices, but no automatic "Allow": the browser refuses the camera.
+    browser = launch_chromium(playwright, "--use-fake-device-for-media-stream")
+    try:
+        page = browser.new_page()
+        page.goto(f"{live_server.url}/telehealth/call#{link_of(visit_room, 'patient')}")
+        expected = vietnamese(
+            live_server,
+            "The browser is not allowed to use your camera or microphone. "
+            "Allow it in the browser's settings and reload the page.",
+        )
+        page.wait_for_function(
+            "text => document.getElementById('call-status').textContent === text",
+            arg=expected,
+            timeout=10_000,
+        )
+        status = page.get_by_test_id("call-status").get_attribute("data-kind")
+    finally:
+        browser.close()
+
+    assert status == "error"

@@ -51,11 +51,3 @@ def test_someone_not_invited_cannot_open_the_call(
 
     assert visit_room["id"] not in listing.get_data(as_text=True)
     assert opened.status_code == 403
-
-
-def test_the_call_page_carries_its_messages_translated_for_the_script(client: FlaskClient) -> None:
-    page = client.get("/telehealth/call").get_data(as_text=True)
-
-    assert 'id="call-texts"' in page
-    assert '"blocked":' in page
-    assert "/static/telehealth/call.js" in page
