@@ -259,7 +259,7 @@ def test_doctor_opens_from_the_worklist_prescribes_overrides_and_signs(
     )
 
 
-def test_two_pharmacists_dispensing_at_once_never_exceed_the_quantity(
+def test_dispensing_races_expiry_and_tampering_are_refused(
     app: Flask, make_visit: Callable[..., Visit], doctor: User, make_user: Callable[..., User]
 ) -> None:
     import threading
@@ -320,6 +320,50 @@ def test_two_pharmacists_dispensing_at_once_never_exceed_the_quantity(
             len(store.search(db, "MedicationDispense", [("patient", f"Patient/{visit.patient_id}")]).matches)
             == 1
         )
+    _expired_and_tampered_prescriptions_are_refused(app, pharmacists[0])
+
+
+def _expired_and_tampered_prescriptions_are_refused(app: Flask, pharmacist: User) -> None:
+    from datetime import date, timedelta
+    from decimal import Decimal
+
+    from sqlalchemy import func, update
+
+    from fhir.models import FhirResourceHistory
+    from his.errors import Conflict
+    from his.records import pharmacy
+    from his.records.models import PrescriptionItem
+
+    from .conftest import actor_of, unit_of_work
+
+    with unit_of_work(app) as session:
+        prescription = session.scalars(select(Prescription)).one()
+        item = session.scalars(select(PrescriptionItem)).one()
+        item.dispensed = Decimal(0)
+        prescription.valid_until = date.today() - timedelta(days=1)
+        session.flush()
+        with pytest.raises(Conflict) as expired:
+            pharmacy.dispense(
+                session, prescription, {item.id: Decimal(1)}, actor_of(pharmacist), today=date.today()
+            )
+        assert expired.value.code == "PRESCRIPTION_EXPIRED"
+        prescription.valid_until = date.today()
+        session.execute(
+            update(FhirResourceHistory)
+            .where(FhirResourceHistory.res_type == "MedicationRequest")
+            .values(content=func.replace(FhirResourceHistory.content, '"value":10,', '"value":100,'))
+        )
+        session.expire_all()
+        prescription = session.scalars(select(Prescription)).one()
+        state = pharmacy.view(session, prescription, today=date.today())
+        assert not state.signature_valid
+        assert any("dispenseRequest.quantity.value" in p.paths for p in state.verification.problems)
+        with pytest.raises(Conflict) as tampered:
+            pharmacy.dispense(
+                session, prescription, {item.id: Decimal(1)}, actor_of(pharmacist), today=date.today()
+            )
+        assert tampered.value.code == "SIGNATURE_INVALID"
+        session.rollback()
 
 
 def _check_qr_offline(app: Flask, qr: str) -> None:
