@@ -254,3 +254,33 @@ class Refund(Base):
     reason: Mapped[str] = mapped_column(String(500))
     recorded_by: Mapped[str] = mapped_column(String(80))
     refunded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class EInvoiceRecord(Base):
+    """The e-invoice of a paid invoice: its number (``SHDon`` = this row's id) and whether the provider has it."""
+
+    __tablename__ = "billing_einvoices"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    invoice_id: Mapped[int] = mapped_column(ForeignKey("billing_invoices.id"), unique=True)
+    status: Mapped[str] = mapped_column(String(20), default="pending")
+    lookup_code: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class ClaimSubmission(Base):
+    """A paid insured visit's claim on its way to the social-insurance gateway."""
+
+    __tablename__ = "billing_claim_submissions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    invoice_id: Mapped[int] = mapped_column(ForeignKey("billing_invoices.id"), unique=True)
+    status: Mapped[str] = mapped_column(String(20), default="pending")
+    receipt: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

@@ -40,6 +40,7 @@ from billing.invoices import (
     settle,
 )
 from billing.models import BankNotification, Payment, Refund
+from billing.outbox import queue_paid_invoice
 from billing.vietqr import build_payload
 from fhir import services as store
 from his import events
@@ -245,6 +246,7 @@ def _credit(
     invoice.amount_paid = invoice.amount_paid + amount
     settle(invoice)
     session.flush()
+    queue_paid_invoice(session, invoice)
     if invoice.invoice_resource_id:
         resource = store.read(session, "Invoice", invoice.invoice_resource_id).resource
         resource["status"] = "balanced" if invoice.status == "paid" else "issued"

@@ -25,7 +25,8 @@ from flask_babel import lazy_gettext as _l
 from sqlalchemy import select
 from werkzeug.wrappers import Response as BaseResponse
 
-import billing.demo  # noqa: F401 - registers the demo price list for `vetinh demo`
+import billing.demo
+import billing.jobs  # noqa: F401 - registers the outbox jobs
 from billing.charges import ChargeNotFound, add_manual_charge, charges_of_encounter, void_charge
 from billing.claims import claim_document, claims_between
 from billing.coverage import CardEntry, active_coverage, entry_from_gateway, register_card
@@ -71,7 +72,7 @@ from billing.services import (
     search_prices,
 )
 from billing.vietqr import render_png, render_svg
-from billing.xmlsign import sign_envelope
+from billing.xmlsign import load_signing_material, sign_envelope
 from his import audit
 from his.db import begin_immediate, get_session, utcnow
 from his.errors import N_, ConfigurationError, ValidationFailed, VetinhError
@@ -804,21 +805,10 @@ def daily_report_csv() -> Response:
 
 
 def _signing_material() -> tuple[Any, Any] | None:
-    """Load the facility's claim-signing key and certificate from the configured PEM files, if any."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-
-    key_path = current_app.config.get("VETINH_CLAIM_SIGNING_KEY")
-    cert_path = current_app.config.get("VETINH_CLAIM_SIGNING_CERT")
-    if not key_path or not cert_path:
-        return None
-    with open(key_path, "rb") as key_file, open(cert_path, "rb") as cert_file:
-        key = serialization.load_pem_private_key(key_file.read(), password=None)
-        certificate = x509.load_pem_x509_certificate(cert_file.read())
-    if not isinstance(key, rsa.RSAPrivateKey):
-        raise ConfigurationError(N_("The claim-signing key must be an RSA key."))
-    return key, certificate
+    return load_signing_material(
+        current_app.config.get("VETINH_CLAIM_SIGNING_KEY"),
+        current_app.config.get("VETINH_CLAIM_SIGNING_CERT"),
+    )
 
 
 @bp.get("/billing/claims.zip")

@@ -19,7 +19,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from his.errors import N_, ValidationFailed
+from his.errors import N_, ConfigurationError, ValidationFailed
 
 DSIG = "http://www.w3.org/2000/09/xmldsig#"
 C14N = "http://www.w3.org/TR/2001/REC-xml-c14n-20010315"
@@ -126,3 +126,20 @@ def verify_envelope(document: bytes) -> x509.Certificate:
     except (InvalidSignature, ValueError) as exc:
         raise SignatureInvalid(fields={"SignatureValue": "does not verify"}) from exc
     return certificate
+
+
+def load_signing_material(
+    key_path: str | None, cert_path: str | None
+) -> tuple[rsa.RSAPrivateKey, x509.Certificate] | None:
+    """Load the facility's RSA key and certificate from PEM files; None when either is not configured.
+
+    Raises ConfigurationError when the key is not an RSA key, and OSError when a file cannot be read.
+    """
+    if not key_path or not cert_path:
+        return None
+    with open(key_path, "rb") as key_file, open(cert_path, "rb") as cert_file:
+        key = serialization.load_pem_private_key(key_file.read(), password=None)
+        certificate = x509.load_pem_x509_certificate(cert_file.read())
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise ConfigurationError(N_("The claim-signing key must be an RSA key."))
+    return key, certificate

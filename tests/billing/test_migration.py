@@ -21,6 +21,8 @@ BILLING_TABLES = (
     "billing_payments",
     "billing_bank_notifications",
     "billing_refunds",
+    "billing_einvoices",
+    "billing_claim_submissions",
 )
 
 
