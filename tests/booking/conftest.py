@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import date, time
+from typing import Any
 
 import pytest
+from argon2 import PasswordHasher
 from flask import Flask
 from sqlalchemy import select
 
@@ -15,6 +17,41 @@ from his.db import get_database
 from his.models import PatientLink, Site, User
 from his.patients import PatientDetails, create_patient
 from tests.booking.helpers import ZONE, ClinicInfo, local_today, make_clinic
+from tests.conftest import TEST_PASSWORD
+
+# A real argon2id hash, with low cost parameters: the booking tests create dozens of
+# accounts, and the default parameters cost a third of a second each.
+CHEAP_HASHER = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
+TEST_PASSWORD_HASH = CHEAP_HASHER.hash(TEST_PASSWORD)
+
+
+@pytest.fixture
+def make_user(app: Flask, sites: dict[str, Site]) -> Callable[..., User]:
+    """Create an account that logs in with the test password (staff at the district site by default)."""
+    counter = iter(range(1, 100_000))
+
+    def factory(
+        role: str = "doctor", *, username: str | None = None, site: str | None = "DIST", **extra: Any
+    ) -> User:
+        with get_database(app).session_scope() as session:
+            site_row = (
+                session.scalar(select(Site).where(Site.code == site)) if role != "patient" and site else None
+            )
+            user = User(
+                username=username or f"{role}{next(counter)}",
+                password_hash=TEST_PASSWORD_HASH,
+                full_name=extra.pop("full_name", f"Test {role.title()}"),
+                role=role,
+                site_id=site_row.id if site_row else None,
+                active=True,
+                **extra,
+            )
+            session.add(user)
+            session.flush()
+            session.expunge(user)
+        return user
+
+    return factory
 
 
 @pytest.fixture
