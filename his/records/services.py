@@ -144,10 +144,17 @@ class WorklistEntry:
     queue_number: int | None
     status: str
     arrived: str
+    clinic: str = ""
 
 
-def worklist(session: Session, site: Site, day: date, zone: Any) -> list[WorklistEntry]:
-    """Return today's checked-in encounters of the site in queue order."""
+def worklist(
+    session: Session, site: Site, day: date, zone: Any, *, location_id: str | None = None
+) -> list[WorklistEntry]:
+    """Return the day's checked-in encounters of the site (or of one clinic) in queue order.
+
+    The queue number is read from the Encounter's own identifier or from the booked
+    Appointment it points to (``…queue-number`` identifier systems).
+    """
     start = datetime.combine(day, datetime.min.time(), tzinfo=zone)
     params = [
         ("status", WORKLIST_STATUSES),
@@ -155,11 +162,15 @@ def worklist(session: Session, site: Site, day: date, zone: Any) -> list[Worklis
         ("date", f"lt{mapping.moment(start + timedelta(days=1))}"),
         ("_count", "500"),
         ("_include", "Encounter:subject"),
+        ("_include", "Encounter:appointment"),
+        ("_include", "Encounter:location"),
     ]
     if site.organization_id:
         params.append(("service-provider", f"Organization/{site.organization_id}"))
+    if location_id:
+        params.append(("location", f"Location/{location_id}"))
     result = store.search(session, "Encounter", params)
-    patients = {r.id: r.resource for r in result.included if r.type == "Patient"}
+    included = {(r.type, r.id): r.resource for r in result.included}
     visible = set(
         session.scalars(select(PatientSiteAccess.patient_id).where(PatientSiteAccess.site_id == site.id))
     )
@@ -169,15 +180,25 @@ def worklist(session: Session, site: Site, day: date, zone: Any) -> list[Worklis
         patient_id = _reference_id(resource.get("subject"), "Patient")
         if patient_id is None or patient_id not in visible:
             continue
-        patient = patients.get(patient_id, {})
+        number = _queue_number(resource)
+        for appointment in resource.get("appointment", []):
+            booked = included.get(("Appointment", _reference_id(appointment, "Appointment") or ""))
+            number = number if number is not None else (_queue_number(booked) if booked else None)
+        clinic = ""
+        for location in resource.get("location", []):
+            place = included.get(("Location", _reference_id(location.get("location"), "Location") or ""))
+            clinic = (
+                clinic or (place or {}).get("name", "") or (location.get("location") or {}).get("display", "")
+            )
         entries.append(
             WorklistEntry(
                 encounter_id=match.id,
                 patient_id=patient_id,
-                patient_name=patient_name(patient),
-                queue_number=_queue_number(resource),
+                patient_name=patient_name(included.get(("Patient", patient_id), {})),
+                queue_number=number,
                 status=resource.get("status", ""),
                 arrived=(resource.get("period") or {}).get("start", ""),
+                clinic=clinic,
             )
         )
     entries.sort(key=lambda e: (e.queue_number is None, e.queue_number or 0, e.arrived))

@@ -108,7 +108,8 @@ def _encounter_for(encounter_id: str, action: str) -> services.EncounterView:
 @roles_required(*CLINICIANS)
 def worklist() -> str:
     """Show today's checked-in patients of the doctor's site in queue order."""
-    entries = services.worklist(get_session(), _site(), _today(), local_zone())
+    clinic = request.args.get("clinic") or None
+    entries = services.worklist(get_session(), _site(), _today(), local_zone(), location_id=clinic)
     audit.record("read", "Worklist", None, detail=f"{len(entries)} encounters")
     return render_template("records/worklist.html", entries=entries, today=_today())
 

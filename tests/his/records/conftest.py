@@ -73,17 +73,32 @@ def make_visit(app: Flask, sites: dict[str, Site]) -> Callable[..., Visit]:
                 ),
                 site_id=site_row.id,
             )
-            encounter = store.create(
-                db,
-                {
-                    "resourceType": "Encounter",
-                    "status": "arrived",
-                    "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
-                    "identifier": [{"system": "urn:vetinh:queue-number", "value": str(queue)}],
-                    "subject": {"reference": f"Patient/{patient_id}"},
-                    "period": {"start": datetime.now(UTC).isoformat(timespec="seconds")},
-                },
-            )
+            resource: dict[str, Any] = {
+                "resourceType": "Encounter",
+                "status": "arrived",
+                "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+                "subject": {"reference": f"Patient/{patient_id}"},
+                "period": {"start": datetime.now(UTC).isoformat(timespec="seconds")},
+            }
+            if extra.get("clinic"):
+                # As booking checks a patient in: the queue number is on the Appointment.
+                location = store.create(db, {"resourceType": "Location", "name": extra["clinic"]})
+                appointment = store.create(
+                    db,
+                    {
+                        "resourceType": "Appointment",
+                        "status": "arrived",
+                        "identifier": [{"system": "urn:vetinh:booking:queue-number", "value": str(queue)}],
+                        "participant": [
+                            {"actor": {"reference": f"Patient/{patient_id}"}, "status": "accepted"}
+                        ],
+                    },
+                )
+                resource["appointment"] = [{"reference": f"Appointment/{appointment.id}"}]
+                resource["location"] = [{"location": {"reference": f"Location/{location.id}"}}]
+            else:
+                resource["identifier"] = [{"system": "urn:vetinh:queue-number", "value": str(queue)}]
+            encounter = store.create(db, resource)
         return Visit(patient_id, encounter.id)
 
     return factory

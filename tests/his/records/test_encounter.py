@@ -30,14 +30,25 @@ def test_worklist_lists_todays_checked_in_patients_of_the_site_in_queue_order(
     session: Session, make_visit: Callable[..., Visit], sites: dict[str, Site]
 ) -> None:
     third = make_visit(name="Trần Thị Ba", queue=3)
+    second = make_visit(name="Đặt Lịch Hai", queue=2, clinic="Phòng khám Nội 1")
     first = make_visit(name="Lê Văn Một", queue=1)
     make_visit(name="Ở Trung Ương", site="CENT", queue=2)
     site = session.get(Site, sites["DIST"].id)
     today = date.today()
     entries = services.worklist(session, site, today, ZONE)
-    assert [(e.patient_name, e.queue_number) for e in entries] == [("Lê Văn Một", 1), ("Trần Thị Ba", 3)]
+    assert [(e.patient_name, e.queue_number, e.clinic) for e in entries] == [
+        ("Lê Văn Một", 1, ""),
+        ("Đặt Lịch Hai", 2, "Phòng khám Nội 1"),
+        ("Trần Thị Ba", 3, ""),
+    ]
     assert entries[0].encounter_id == first.encounter_id
-    assert entries[1].patient_id == third.patient_id
+    assert entries[2].patient_id == third.patient_id
+    clinic = store.read(session, "Encounter", second.encounter_id).resource["location"][0]["location"][
+        "reference"
+    ]
+    only_clinic = services.worklist(session, site, today, ZONE, location_id=clinic.split("/")[1])
+    assert [e.patient_name for e in only_clinic] == ["Đặt Lịch Hai"]
+    assert services.worklist(session, site, today.replace(year=today.year - 1), ZONE) == []
 
 
 def _vitals_become_loinc_observations_with_bmi(
