@@ -315,3 +315,17 @@ def test_opening_an_unchanged_invoice_writes_no_new_version(app, billed_visit, e
             session, "Invoice", session.get(Invoice, billed_visit).invoice_resource_id
         ).version_id
     assert after == before
+
+
+def test_a_card_registered_elsewhere_follows_the_referral_rules(app, prices, patient, encounter):
+    from billing.rules import FacilityLevel
+
+    central = Facility(code="01001", level=FacilityLevel.SPECIALIZED)
+    with get_database(app).session_scope() as session:
+        _card(session, patient, facility="79001")
+        _charge_visit(session, patient, encounter, ("SA01", 2))
+        # Self-referred outpatient care at a central hospital: the fund pays nothing in 2025.
+        invoice = open_invoice(session, encounter, central)
+        assert (invoice.fund, invoice.amount_due) == (0, invoice.total)
+        # The same card at its own registered facility is paid at its level (80%).
+        assert open_invoice(session, encounter, Facility(code="79001")).fund == Decimal("360480")
