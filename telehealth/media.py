@@ -54,7 +54,9 @@ class TrackRecorder:
     Video is encoded with H.264 at the size of the first frame (a browser changes its
     resolution as the bandwidth allows; later frames are scaled to that size, since an
     encoder opened for one size refuses another), audio with Opus. Nothing is written
-    before the video's size is known, so the file's header always carries it.
+    before the video's size is known, so the file's header always carries it. (aiortc's
+    own MediaRecorder, writing MP4 with PyAV 18.1, keeps a browser's audio and silently
+    writes no video stream at all; tests/telehealth/test_recording.py checks this one.)
     """
 
     VIDEO_WAIT_SECONDS = 5.0

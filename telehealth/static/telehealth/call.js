@@ -305,6 +305,7 @@
       case "recording":
         showRecording(event.state === "on");
         if (event.state === "off" && event.reason === "consent") say(texts.recordingConsentStopped, "warning");
+        else if (event.state === "off" && event.reason === "stopped") say(texts.recordingStopped, "info");
         break;
       case "ended":
         stopWith(event.reason === "time" ? texts.endedTime : texts.ended, "info");
