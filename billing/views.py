@@ -20,6 +20,7 @@ from flask import (
     request,
     url_for,
 )
+from flask.blueprints import BlueprintSetupState
 from flask_babel import gettext as _
 from flask_babel import lazy_gettext as _l
 from sqlalchemy import select
@@ -71,6 +72,7 @@ from billing.services import (
     read_price_csv,
     search_prices,
 )
+from billing.subscribers import ChargeListener
 from billing.vietqr import render_png, render_svg
 from billing.xmlsign import load_signing_material, sign_envelope
 from his import audit
@@ -115,6 +117,24 @@ KIND_LABELS = {
 }
 
 add_nav_item("billing.prices", _l("Price list"), ALL_ROLES, icon="tag", order=60)
+
+LISTENER_KEY = "billing.charge_listener"
+
+
+@bp.record_once
+def _start_charge_listener(state: BlueprintSetupState) -> None:
+    """Charge from other contexts' events in serving processes (the scheduler's setting unless overridden).
+
+    ``VETINH_BILLING_EVENT_LISTENER`` turns it on or off explicitly; every process may
+    listen, since a charge's source makes a second handling of one event a no-op.
+    """
+    app = state.app
+    if not isinstance(app, Flask):
+        return
+    settings = app.extensions.get("vetinh.settings")
+    default = bool(settings.scheduler_enabled) if settings is not None else False
+    if app.config.get("VETINH_BILLING_EVENT_LISTENER", default):
+        app.extensions[LISTENER_KEY] = ChargeListener(app).start()
 
 
 def _requested_day() -> date:

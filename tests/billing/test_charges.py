@@ -156,3 +156,45 @@ def test_a_charge_cannot_land_on_another_patients_encounter(app, prices, make_pa
     with get_database(app).session_scope() as session, pytest.raises(InvalidCharge) as caught:
         record_charge(session, stranger, encounter, "KB01", 1, VISIT_AT, "wrong")
     assert "encounter_id" in caught.value.fields
+
+
+@pytest.fixture
+def listening(settings_overrides):
+    """Build the app with billing's event listener on, as a serving process has it."""
+    settings_overrides["extra"] = {"vetinh_billing_event_listener": True}
+    return settings_overrides
+
+
+def test_a_serving_app_charges_the_visit_fee_when_a_check_in_is_published(
+    listening, app, prices, patient, encounter
+):
+    listener = app.extensions["billing.charge_listener"]
+    try:
+        with app.test_client() as client:
+            event = {
+                "encounter_id": encounter,
+                "patient_id": patient,
+                "visit_code": "KB01",
+                "checked_in_at": "2025-09-10T02:00:00Z",
+            }
+            assert (
+                client.post(
+                    "/api/v1/events/test", json={"topic": "encounter.checked_in", "data": event}
+                ).status_code
+                == 202
+            )
+        for _ in range(100):
+            with get_database(app).session_scope() as session:
+                if _count(session):
+                    break
+            threading.Event().wait(0.05)
+        with get_database(app).session_scope() as session:
+            assert [c.source for c in session.scalars(select(Charge))] == [
+                f"encounter.checked_in:{encounter}"
+            ]
+    finally:
+        listener.stop()
+
+
+def test_a_one_off_app_does_not_listen(app):
+    assert "billing.charge_listener" not in app.extensions
