@@ -134,3 +134,34 @@ def test_patient_gets_video_only_after_the_doctor_admits_them(
     assert patient.states == ["waiting", "in_call"]
     assert doctor.frames[patient.me["id"]] >= FRAMES
     assert patient.frames[doctor.me["id"]] >= FRAMES
+
+
+async def _drop_and_come_back(doctor: CallPeer, specialist: CallPeer, base_url: str) -> CallPeer:
+    await doctor.join()
+    await specialist.join()
+    await asyncio.wait_for(asyncio.gather(doctor.enough.wait(), specialist.enough.wait()), CALL_SECONDS)
+    # The specialist's network drops: connections and event stream gone, no "leave" sent.
+    await specialist.close()
+    back = CallPeer(base_url, specialist.token, hue=120)
+    doctor.enough.clear()
+    doctor.frames.clear()
+    try:
+        state = await back.join()
+        assert state["state"] == "in_call"
+        assert [p["id"] for p in state["peers"]] == [doctor.me["id"]]
+        await asyncio.wait_for(asyncio.gather(doctor.enough.wait(), back.enough.wait()), CALL_SECONDS)
+    finally:
+        await asyncio.gather(doctor.close(), back.close())
+    return back
+
+
+def test_a_participant_whose_connection_dropped_comes_back_into_the_call(
+    live_server: LiveServer, consult_room: dict[str, Any]
+) -> None:
+    doctor = CallPeer(live_server.url, link_of(consult_room, "host"), hue=40)
+    specialist = CallPeer(live_server.url, link_of(consult_room, "specialist"), hue=200)
+
+    back = run_async(_drop_and_come_back(doctor, specialist, live_server.url))
+
+    assert back.frames[doctor.me["id"]] >= FRAMES
+    assert doctor.frames[back.me["id"]] >= FRAMES
