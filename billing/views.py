@@ -11,6 +11,7 @@ from zoneinfo import ZoneInfo
 
 from flask import (
     Blueprint,
+    Flask,
     Response,
     current_app,
     flash,
