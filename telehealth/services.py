@@ -328,7 +328,15 @@ def create_visit_room(
         patient_id=patient_id,
         needs_admission=True,
     )
-    publish("telehealth.room.created", {"room_id": room.id, "site": site.code, "kind": "visit"})
+    publish(
+        "telehealth.visit.scheduled",
+        {
+            "room_id": room.id,
+            "site": site.code,
+            "patient_id": patient_id,
+            "planned_start": store.instant(as_utc(planned_start)),
+        },
+    )
     return NewRoom(room, [host, patient])
 
 

@@ -115,3 +115,33 @@ def test_a_blocked_camera_is_explained_to_the_patient(
         browser.close()
 
     assert status == "error"
+
+
+def test_the_doctor_admits_the_waiting_patient_from_the_page(
+    live_server: LiveServer, visit_room: dict[str, Any], call_pages: Any
+) -> None:
+    doctor = _open_call(call_pages, f"{live_server.url}/telehealth/call#{link_of(visit_room, 'host')}")
+    patient = _open_call(call_pages, f"{live_server.url}/telehealth/call#{link_of(visit_room, 'patient')}")
+
+    doctor.get_by_test_id("join-button").click()
+    doctor.wait_for_function("() => !document.getElementById('controls').hidden", timeout=5_000)
+    patient.get_by_test_id("join-button").click()
+    waiting_text = vietnamese(live_server, "Please wait: the doctor will let you in shortly.")
+    patient.wait_for_function(
+        "text => document.getElementById('call-status').textContent === text", arg=waiting_text, timeout=5_000
+    )
+    lobby_entry = doctor.locator("#lobby-list li", has_text="Nguyễn Văn An")
+    lobby_entry.wait_for(timeout=5_000)
+    patient_saw_video_before = patient.evaluate(REMOTE_FRAMES)
+    lobby_entry.locator("button[data-action=admit]").click()
+    for page in (doctor, patient):
+        page.wait_for_function(REMOTE_FRAMES, timeout=5_000)
+
+    assert patient_saw_video_before is None
+    assert patient.get_by_test_id("call-status").inner_text() == vietnamese(
+        live_server, "You are in the call."
+    )
+    assert doctor.locator("#lobby-list li").inner_text() == vietnamese(live_server, "Nobody is waiting.")
+    assert doctor.locator("#remote-videos figcaption button").inner_text() == vietnamese(
+        live_server, "Send back to waiting room"
+    )
