@@ -126,7 +126,13 @@ def sign_encounter(
     stored_encounter = _update(session, encounter.resource, status="finished", period=period)
     for note in _by_encounter(session, "Composition", encounter_id):
         _update(session, note, status="final")
-    targets: list[store.StoredResource] = [stored_encounter, *issues]
+    # The patient's identity as it was is signed too: it says whom the record is about, and
+    # puts the Provenance in the patient's compartment (so Patient/$everything returns it).
+    targets: list[store.StoredResource] = [
+        store.read(session, "Patient", encounter.patient_id),
+        stored_encounter,
+        *issues,
+    ]
     for rtype in SIGNED_TYPES:
         result = store.search(
             session, rtype, [("encounter", f"Encounter/{encounter_id}"), ("_count", "1000")]
@@ -375,7 +381,8 @@ def verify(session: Session, signature: Signature) -> Verification:
         if paths:
             report.problems.append(Problem(reference, N_("Changed since it was signed."), tuple(paths[:10])))
         latest = store.read(session, rtype, rid) if _exists(session, rtype, rid) else None
-        if latest is not None and latest.version_id > int(version):
+        # A patient's later details (a new address) do not change what was signed.
+        if latest is not None and latest.version_id > int(version) and rtype != "Patient":
             amended = session.scalars(select(Signature).where(Signature.supersedes_id.is_not(None))).all()
             newer = f"{rtype}/{rid}/_history/{latest.version_id}"
             if any(newer in s.targets for s in amended):

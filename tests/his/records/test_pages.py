@@ -72,7 +72,7 @@ def _prescribe_interacting(client: FlaskClient, visit: Visit) -> str:
 
 def _doctor_prescribes_sees_the_warning_overrides_and_signs(
     client: FlaskClient, make_visit: Callable[..., Visit], doctor: User
-) -> None:
+) -> Visit:
     visit = make_visit()
     login(
         client,
@@ -112,6 +112,7 @@ def _doctor_prescribes_sees_the_warning_overrides_and_signs(
     qr = client.get(f"/records/prescriptions/{code}/qr.svg")
     assert qr.status_code == 200
     assert qr.mimetype == "image/svg+xml"
+    return visit
 
 
 def test_bad_prescription_input_is_named_and_nothing_is_saved(
@@ -251,12 +252,42 @@ def test_doctor_opens_from_the_worklist_prescribes_overrides_and_signs(
     client: FlaskClient,
     make_visit: Callable[..., Visit],
     doctor: User,
+    make_token: Callable[..., str],
 ) -> None:
     """The worklist opens the encounter; the doctor's whole path to a signed prescription."""
     _worklist_opens_the_encounter(client, make_visit, doctor)
-    _doctor_prescribes_sees_the_warning_overrides_and_signs(
+    visit = _doctor_prescribes_sees_the_warning_overrides_and_signs(
         client.application.test_client(), make_visit, doctor
     )
+    _the_fhir_api_shows_the_record_and_a_change_breaks_the_signature(client, make_token, doctor, visit)
+
+
+def _the_fhir_api_shows_the_record_and_a_change_breaks_the_signature(
+    client: FlaskClient, make_token: Callable[..., str], doctor: User, visit: Visit
+) -> None:
+    headers = {"Authorization": f"Bearer {make_token(doctor)}"}
+    bundle = client.get(f"/fhir/R4/Patient/{visit.patient_id}/$everything", headers=headers).get_json()
+    types = {entry["resource"]["resourceType"] for entry in bundle["entry"]}
+    assert {
+        "Encounter",
+        "Observation",
+        "Condition",
+        "MedicationRequest",
+        "DetectedIssue",
+        "Provenance",
+    } <= types
+    encounter = client.get(f"/fhir/R4/Encounter/{visit.encounter_id}", headers=headers).get_json()
+    encounter["status"] = "cancelled"
+    encounter.pop("meta")
+    changed = client.put(
+        f"/fhir/R4/Encounter/{visit.encounter_id}",
+        json=encounter,
+        headers={**headers, "Content-Type": "application/fhir+json"},
+    )
+    assert changed.status_code == 200
+    report = client.get(f"/api/v1/records/verify/{visit.encounter_id}", headers=headers).get_json()
+    assert report["valid"] is False
+    assert "without an amendment signature" in report["signatures"][0]["problems"][0]["message"]
 
 
 def test_dispensing_races_expiry_and_tampering_are_refused(

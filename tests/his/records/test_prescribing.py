@@ -169,7 +169,10 @@ def _signature_is_a_verifiable_provenance_over_exact_versions(
     assert jws.count(".") == 2
     assert ".." in jws
     kinds = {t.split("/")[0] for t in signature.targets}
-    assert {"Encounter", "Condition", "MedicationRequest", "DetectedIssue"} <= kinds
+    assert {"Patient", "Encounter", "Condition", "MedicationRequest", "DetectedIssue"} <= kinds
+    everything, _total = store.everything(session, visit.patient_id)
+    assert f"Provenance/{signature.provenance_id}" in {r.reference for r in everything}
+    assert "DetectedIssue" in {r.type for r in everything}
     assert all("/_history/" in t for t in signature.targets)
     report = signatures.verify(session, signature)
     assert report.valid, report.problems
