@@ -94,7 +94,7 @@ async def _call_through_lobby(doctor: CallPeer, patient: CallPeer, base_url: str
         refused = await patient.signal({"type": "offer", "to": doctor.me["id"], "sdp": "v=0\r\n"})
         assert refused.status_code == 403
         assert refused.json()["code"] == "CALL_NOT_ADMITTED"
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(0.5)
         seen_before_admission.append(sum(doctor.frames.values()))
 
         lobby = await asyncio.to_thread(

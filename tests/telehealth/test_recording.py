@@ -86,7 +86,7 @@ def test_a_call_between_chromium_and_an_aiortc_peer_is_recorded_with_video(
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline and not _recording_rows(app):
             time.sleep(0.2)
-        time.sleep(3.0)
+        time.sleep(2.0)
         stopped = requests.post(
             url + "/api/v1/telehealth/call/recording",
             json={"action": "stop"},
