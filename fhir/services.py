@@ -1177,8 +1177,7 @@ def search(
     )
     total_mode = settings.get("_total", "accurate")
     total: int | None = None
-    if total_mode != "none" or summary == "count" or count == 0:
-        total = int(session.scalar(select(func.count()).select_from(stmt.subquery())) or 0)
+    wants_total = total_mode != "none" or summary == "count" or count == 0
     matches: list[StoredResource] = []
     included: list[StoredResource] = []
     has_next = False
@@ -1213,6 +1212,12 @@ def search(
                 hidden = _hidden(session, list(fetched), visible_patients)
                 fetched = {k: v for k, v in fetched.items() if k not in hidden}
             included = [fetched[k] for k in keys if k in fetched]
+    if wants_total:
+        if summary != "count" and count > 0 and not has_next and (matches or offset == 0):
+            # The page holds the rest of the matches: the total needs no second query.
+            total = offset + len(matches)
+        else:
+            total = int(session.scalar(select(func.count()).select_from(stmt.subquery())) or 0)
     elements = tuple(e.strip() for e in settings.get("_elements", "").split(",") if e.strip())
     kept = [(k, v) for k, v in pairs if k not in PAGING_PARAMS]
     return SearchResult(
