@@ -126,7 +126,7 @@ def signed(
     return session.scalars(select(OutboxMessage)).one()
 
 
-def test_signing_queues_the_payload_and_the_job_sends_it_once(
+def _signing_queues_the_payload_and_the_job_sends_it_once(
     app: Flask, session: Session, signed: OutboxMessage, national: FakeNationalSystem
 ) -> None:
     payload = signed.payload
@@ -160,7 +160,7 @@ def test_signing_queues_the_payload_and_the_job_sends_it_once(
     assert sent.response["trang_thai"] == "đã nhận"
 
 
-def test_a_422_keeps_the_error_list_and_is_not_retried(
+def _a_422_keeps_the_error_list_and_is_not_retried(
     session: Session, signed: OutboxMessage, national: FakeNationalSystem
 ) -> None:
     national.mode = "reject"
@@ -171,7 +171,7 @@ def test_a_422_keeps_the_error_list_and_is_not_retried(
     assert send_pending(session, national.url, now=utcnow() + timedelta(days=1)) == []
 
 
-def test_timeouts_and_outages_are_retried_with_backoff(
+def _timeouts_and_outages_are_retried_with_backoff(
     session: Session, signed: OutboxMessage, national: FakeNationalSystem
 ) -> None:
     national.mode = "slow"
@@ -190,3 +190,23 @@ def test_timeouts_and_outages_are_retried_with_backoff(
     (third,) = send_pending(session, national.url, now=later + backoff(2) + timedelta(seconds=1))
     assert third.status == "sent"
     assert session.get(OutboxMessage, signed.id).attempts == 3
+
+
+def _queue_again(session: Session, message: OutboxMessage) -> None:
+    """Put the message back as new, as if another prescription had just been signed."""
+    session.expire_all()
+    fresh = session.get(OutboxMessage, message.id)
+    assert fresh is not None
+    fresh.status, fresh.attempts, fresh.next_attempt_at, fresh.response = "pending", 0, utcnow(), None
+    session.commit()
+
+
+def test_the_outbox_against_the_fake_national_system(
+    app: Flask, session: Session, signed: OutboxMessage, national: FakeNationalSystem
+) -> None:
+    """Sent once, 422 with its errors kept, timeouts and outages retried (one app for the lot)."""
+    _signing_queues_the_payload_and_the_job_sends_it_once(app, session, signed, national)
+    _queue_again(session, signed)
+    _a_422_keeps_the_error_list_and_is_not_retried(session, signed, national)
+    _queue_again(session, signed)
+    _timeouts_and_outages_are_retried_with_backoff(session, signed, national)
