@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import json
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -28,6 +28,7 @@ from his.records.canonical import canonicalize
 from his.records.models import Prescription, PrescriptionItem, Signature
 from his.records.safety import missing_overrides
 from his.records.services import (
+    PRESCRIPTION_VALID_DAYS,
     Actor,
     _by_encounter,
     draft_of,
@@ -115,9 +116,16 @@ def sign_encounter(
                 who,
             )
             issues.append(store.create(session, resource))
+        # The prescription is valid for a few days from signing, not from the first draft.
+        prescription.valid_until = on + timedelta(days=PRESCRIPTION_VALID_DAYS - 1)
         for item in items:
             current = store.read(session, "MedicationRequest", item.medication_request_id).resource
-            _update(session, current, status="active")
+            dispense = dict(current["dispenseRequest"])
+            dispense["validityPeriod"] = {
+                "start": on.isoformat(),
+                "end": prescription.valid_until.isoformat(),
+            }
+            _update(session, current, status="active", dispenseRequest=dispense)
         prescription.status = "signed"
         prescription.signed_at = utcnow()
     period = dict(encounter.resource.get("period") or {})

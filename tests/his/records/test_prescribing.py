@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Callable
-from datetime import date
+from datetime import date, timedelta
 from decimal import Decimal
 
 import pytest
@@ -181,6 +181,7 @@ def _signature_is_a_verifiable_provenance_over_exact_versions(
     assert encounter["status"] == "finished"
     prescription = session.scalar(select(Prescription).where(Prescription.encounter_id == visit.encounter_id))
     assert prescription.status == "signed"
+    assert prescription.valid_until == TODAY + timedelta(days=4)  # five days, the day of signing included
     requests = store.search(session, "MedicationRequest", [("encounter", f"Encounter/{visit.encounter_id}")])
     assert {m.resource["status"] for m in requests.matches} == {"active"}
 
