@@ -580,18 +580,25 @@ def book(
     # Everything that does not need the number happens before the counter row is locked,
     # so that the lock is held for as short a time as possible. A counter only goes up, so
     # reading it full without the lock is already the final answer.
-    if remaining_online(session, clinic_session) == 0:
-        raise _session_full(session, clinic_session, zone, now)
-    existing = _active_booking(session, clinic_session.id, request.patient_id)
-    if existing is not None:
-        raise _already_booked(existing)
-    _prepare_patient(session, request.patient_id, clinic_session)
     try:
+        if remaining_online(session, clinic_session) == 0:
+            raise _session_full(session, clinic_session, zone, now)
+        existing = _active_booking(session, clinic_session.id, request.patient_id)
+        if existing is not None:
+            raise _already_booked(existing)
+        _prepare_patient(session, request.patient_id, clinic_session)
         with session.begin_nested():
             number = allocate_queue_number(session, clinic_session, "online")
             if number is None:
                 raise _session_full(session, clinic_session, zone, now)
             booking = _new_booking(session, clinic_session, request, number, "online", now)
+    except Conflict:
+        # A concurrent request with the same key may have committed (taking the last number,
+        # or this patient's place) after the first look: then this is its replay.
+        earlier = _replay(session, request)
+        if earlier is not None:
+            return BookingResult(earlier, replayed=True)
+        raise
     except IntegrityError:
         # A concurrent request with the same key, or for the same patient, committed first.
         earlier = _replay(session, request)
