@@ -11,10 +11,11 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import select, update
 
+from his.accounts import hash_password
 from his.db import get_database
-from his.models import AuditRecord
+from his.models import AuditRecord, User
 from telehealth.models import Participant, Room
-from tests.conftest import login
+from tests.conftest import TEST_PASSWORD, csrf_token, login
 from tests.telehealth.conftest import CallPeople, bearer, call_headers, link_of, random_token
 
 VALID_SDP = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"
@@ -53,36 +54,36 @@ def test_a_forged_link_is_refused_and_audited(
     assert (None, "unknown call link") in denied_joins(app)
 
 
-def test_someone_elses_link_is_refused_to_a_logged_in_patient(
-    app: Flask, client: FlaskClient, visit_room: dict[str, Any], make_user: Any
+def test_a_logged_in_patient_enters_only_with_their_own_link(
+    app: Flask, client: FlaskClient, visit_room: dict[str, Any], people: CallPeople
 ) -> None:
-    make_user("patient", username="other.patient", full_name="Người Khác", patient_id="someone-else")
-    login(client, "other.patient")
-    from tests.conftest import csrf_token
-
-    response = client.post(
-        "/api/v1/telehealth/call/join",
-        headers={**call_headers(link_of(visit_room, "patient")), "X-CSRFToken": csrf_token(client, "/")},
-    )
-
-    assert response.status_code == 403
-    assert response.get_json()["code"] == "CALL_LINK_NOT_YOURS"
-    assert (visit_room["id"], "someone else's call link") in denied_joins(app)
-
-
-def test_the_patient_enters_with_their_own_link_while_logged_in(
-    client: FlaskClient, visit_room: dict[str, Any], people: CallPeople
-) -> None:
+    other = app.test_client()
+    with get_database(app).session_scope() as session:
+        session.add(
+            User(
+                username="other.patient",
+                password_hash=hash_password(TEST_PASSWORD),
+                full_name="Người Khác",
+                role="patient",
+                patient_id="someone-else",
+            )
+        )
+    login(other, "other.patient")
     login(client, people.patient_user.username)
-    from tests.conftest import csrf_token
+    link = call_headers(link_of(visit_room, "patient"))
 
-    response = client.post(
-        "/api/v1/telehealth/call/join",
-        headers={**call_headers(link_of(visit_room, "patient")), "X-CSRFToken": csrf_token(client, "/")},
+    stolen = other.post(
+        "/api/v1/telehealth/call/join", headers={**link, "X-CSRFToken": csrf_token(other, "/")}
+    )
+    own = client.post(
+        "/api/v1/telehealth/call/join", headers={**link, "X-CSRFToken": csrf_token(client, "/")}
     )
 
-    assert response.status_code == 200
-    assert response.get_json()["state"] == "waiting"
+    assert stolen.status_code == 403
+    assert stolen.get_json()["code"] == "CALL_LINK_NOT_YOURS"
+    assert (visit_room["id"], "someone else's call link") in denied_joins(app)
+    assert own.status_code == 200
+    assert own.get_json()["state"] == "waiting"
 
 
 def test_an_expired_link_is_refused_and_audited(
@@ -267,47 +268,36 @@ def test_a_waiting_patient_sees_neither_chat_nor_call_events(
     assert admit_self.get_json()["code"] == "CALL_NOT_HOST"
 
 
-def test_a_declined_patient_cannot_come_back(client: FlaskClient, visit_room: dict[str, Any]) -> None:
+def test_a_patient_sent_back_waits_again_and_once_declined_cannot_come_back(
+    client: FlaskClient, visit_room: dict[str, Any]
+) -> None:
     host, patient = link_of(visit_room, "host"), link_of(visit_room, "patient")
+    patient_id = visit_room["links"][1]["participant_id"]
     join(client, host)
     join(client, patient)
-    patient_id = visit_room["links"][1]["participant_id"]
 
-    declined = client.post(
-        "/api/v1/telehealth/call/lobby",
-        json={"participant": patient_id, "action": "decline"},
-        headers=call_headers(host),
-    )
+    def decide(action: str) -> Any:
+        return client.post(
+            "/api/v1/telehealth/call/lobby",
+            json={"participant": patient_id, "action": action},
+            headers=call_headers(host),
+        )
+
+    decide("admit")
+    admitted = join(client, patient).get_json()["state"]
+    back = decide("back")
+    waiting = join(client, patient).get_json()["state"]
+    declined = decide("decline")
     again = join(client, patient)
     stream = client.get("/api/v1/telehealth/call/events", headers=call_headers(patient))
 
+    assert admitted == "in_call"
+    assert back.status_code == 200
+    assert waiting == "waiting"
     assert declined.get_json()["state"] == "declined"
     assert again.status_code == 403
     assert again.get_json()["code"] == "CALL_DECLINED"
     assert stream.status_code == 403
-
-
-def test_a_patient_sent_back_waits_again(client: FlaskClient, visit_room: dict[str, Any]) -> None:
-    host, patient = link_of(visit_room, "host"), link_of(visit_room, "patient")
-    patient_id = visit_room["links"][1]["participant_id"]
-    join(client, host)
-    join(client, patient)
-    client.post(
-        "/api/v1/telehealth/call/lobby",
-        json={"participant": patient_id, "action": "admit"},
-        headers=call_headers(host),
-    )
-    assert join(client, patient).get_json()["state"] == "in_call"
-
-    back = client.post(
-        "/api/v1/telehealth/call/lobby",
-        json={"participant": patient_id, "action": "back"},
-        headers=call_headers(host),
-    )
-    again = join(client, patient)
-
-    assert back.status_code == 200
-    assert again.get_json()["state"] == "waiting"
 
 
 def test_a_finished_call_cannot_be_joined(

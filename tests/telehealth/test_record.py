@@ -26,6 +26,7 @@ def read(app: Flask, rtype: str, rid: str) -> dict[str, Any]:
 def test_a_consult_request_goes_to_the_central_site_and_is_announced(
     app: Flask, client: FlaskClient, people: CallPeople
 ) -> None:
+    before = client.get(f"/api/v1/patients/{people.patient_id}", headers=bearer(people.coordinator_token))
     with app.app_context(), events.subscribe("telehealth.consult.*") as told:
         response = client.post(
             "/api/v1/telehealth/consults",
@@ -38,7 +39,11 @@ def test_a_consult_request_goes_to_the_central_site_and_is_announced(
         )
         event = told.get(2.0)
     request = read(app, "ServiceRequest", response.get_json()["id"])
+    after = client.get(f"/api/v1/patients/{people.patient_id}", headers=bearer(people.coordinator_token))
 
+    # The consulted site now sees the patient, and only since the request.
+    assert before.status_code == 403
+    assert after.status_code == 200
     assert response.status_code == 201
     assert request["category"][0]["coding"][0]["code"] == "teleconsultation"
     assert request["subject"] == {"reference": f"Patient/{people.patient_id}"}
@@ -46,19 +51,6 @@ def test_a_consult_request_goes_to_the_central_site_and_is_announced(
     assert request["reasonCode"] == [{"text": "Nghi nhồi máu cơ tim"}]
     assert event is not None
     assert event.data["to_site"] == "CENT"
-
-
-def test_the_consulted_site_now_sees_the_patient(app: Flask, client: FlaskClient, people: CallPeople) -> None:
-    before = client.get(f"/api/v1/patients/{people.patient_id}", headers=bearer(people.coordinator_token))
-    client.post(
-        "/api/v1/telehealth/consults",
-        json={"patient_id": people.patient_id, "reason": "Hội chẩn", "summary": "Tóm tắt"},
-        headers=bearer(people.doctor_token),
-    )
-    after = client.get(f"/api/v1/patients/{people.patient_id}", headers=bearer(people.coordinator_token))
-
-    assert before.status_code == 403
-    assert after.status_code == 200
 
 
 def test_a_call_opens_a_virtual_encounter_and_ending_it_finishes_it(
