@@ -28,7 +28,8 @@ from his.policy import ensure_patient_access
 from his.records import jobs as _jobs  # noqa: F401 - registers the outbox job
 from his.records import pharmacy, services, signatures
 from his.records.catalogue import search_icd10
-from his.records.models import Prescription, Signature
+from his.records.models import OutboxMessage, Prescription, Signature
+from his.records.national import errors_of
 from his.records.services import Actor, DraftLine, DraftPrescription, Vitals
 from his.security import current_principal, login_required, roles_required
 
@@ -142,6 +143,12 @@ def _render_encounter(
     prescriptions = session.scalars(
         select(Prescription).where(Prescription.encounter_id == encounter_id)
     ).all()
+    outbox = {
+        m.prescription_id: {"status": m.status, "errors": errors_of(m), "attempts": m.attempts}
+        for m in session.scalars(
+            select(OutboxMessage).where(OutboxMessage.prescription_id.in_([p.id for p in prescriptions]))
+        )
+    }
     html = render_template(
         "records/encounter.html",
         record=record,
@@ -152,6 +159,7 @@ def _render_encounter(
         warnings=_warnings_view(plan),
         signatures=signed,
         prescriptions=prescriptions,
+        outbox=outbox,
         past=services.past_encounters(session, record.encounter.patient_id, exclude=encounter_id),
         errors=errors or {},
         message=message,

@@ -90,6 +90,7 @@ def _doctor_prescribes_sees_the_warning_overrides_and_signs(
     signed = post(client, f"{base}/sign", {f"reason:{key}": "Rung nhĩ, INR ổn định"}, base)
     assert signed.status_code == 303
     page = client.get(signed.headers["Location"]).get_data(as_text=True)
+    assert 'data-testid="national-status" data-status="pending"' in page
     assert 'data-testid="signed-badge"' in page
     assert 'data-testid="prescription-qr"' in page
     again = post(client, f"{base}/diagnoses", {"icd10": "I10"}, base)
