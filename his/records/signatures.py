@@ -393,7 +393,10 @@ def verify(session: Session, signature: Signature) -> Verification:
         if latest is not None and latest.version_id > int(version) and rtype != "Patient":
             amended = session.scalars(select(Signature).where(Signature.supersedes_id.is_not(None))).all()
             newer = f"{rtype}/{rid}/_history/{latest.version_id}"
-            if any(newer in s.targets for s in amended):
+            unchanged = not _diff(_without_meta(current), _without_meta(latest.resource))
+            if unchanged:
+                pass  # saved again with the same content: nothing the signature covers changed
+            elif any(newer in s.targets for s in amended):
                 report.amended_by.append(newer)
             else:
                 report.problems.append(
@@ -412,6 +415,10 @@ def verify(session: Session, signature: Signature) -> Verification:
         if not live_check.valid and not any(p.paths for p in report.problems):
             report.problems.append(Problem(f"Provenance/{signature.provenance_id}", live_check.problem))
     return report
+
+
+def _without_meta(resource: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in resource.items() if k != "meta"}
 
 
 def _exists(session: Session, rtype: str, rid: str) -> bool:
