@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
@@ -30,6 +31,14 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
         WTF_CSRF_CHECK_DEFAULT=False,
         TESTING=settings.testing,
         JSON_SORT_KEYS=False,
+    )
+    # Every setting is also readable as app.config["VETINH_<NAME>"]; ``extra`` adds free keys.
+    app.config.update(
+        {
+            "VETINH_" + f.name.upper(): getattr(settings, f.name)
+            for f in dataclasses.fields(settings)
+            if f.name != "extra"
+        }
     )
     app.config.update({k.upper(): v for k, v in settings.extra.items()})
 

@@ -46,6 +46,21 @@ class Settings:
     ice_servers: str = "stun:127.0.0.1:3478"
     turn_secret: str = ""
     vendor_dir: str = ""
+    redis_prefix: str = "vetinh:"
+    facility_level: str = ""
+    bank_bin: str = ""
+    bank_account: str = ""
+    bank_webhook_secret: str = ""
+    bhyt_gateway_url: str = ""
+    bhyt_claim_gateway_url: str = ""
+    claim_signing_key: str = ""
+    claim_signing_cert: str = ""
+    einvoice_provider_url: str = ""
+    einvoice_seller_name: str = ""
+    einvoice_seller_address: str = ""
+    einvoice_seller_tax_code: str = ""
+    einvoice_template: str = "2"
+    einvoice_series: str = "C26TBV"
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
