@@ -158,3 +158,23 @@ def test_confirmation_mail_is_sent_by_the_outbox(
     assert f"{booking['queue_number']}" in handler.messages[0]["Subject"]
     with get_database(app).session_scope() as session:
         assert session.scalar(select(Booking.status)) == "booked"
+
+
+def test_a_reminder_goes_out_about_half_an_hour_before_the_call(
+    client, app, clinic, make_session, make_patient, make_user, make_token, mailbox
+):
+    handler, _port = mailbox
+    session_id = make_session(clinic.id, online=20, minutes=20)
+    desk = make_token(make_user("receptionist"), "user/*.*")
+    for email in ("dau@example.vn", "hai@example.vn", "ba@example.vn"):
+        patient_id = make_patient(email=email)
+        client.post(
+            "/api/v1/bookings",
+            json={"session_id": session_id, "patient_id": patient_id},
+            headers=bearer(desk),
+        )
+    assert jobs.run_now(app, "booking.soon_reminders")
+    assert jobs.run_now(app, "booking.soon_reminders")
+    soon = sorted(m["To"] for m in handler.messages if "soon" in m["Subject"] or "Sắp" in m["Subject"])
+    # 20 minutes a patient: the first two are due within half an hour, the third is not yet.
+    assert soon == ["dau@example.vn", "hai@example.vn"]
