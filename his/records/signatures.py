@@ -33,7 +33,6 @@ from his.records.services import (
     _by_encounter,
     draft_of,
     ensure_open,
-    load_encounter,
     now_text,
     patient_allergy_resources,
     practitioner_reference,
@@ -455,7 +454,3 @@ def signatures_for(session: Session, target: str) -> list[Signature]:
     if not found:
         raise NotFound(N_("No signature matches this id or code."), code="SIGNATURE_NOT_FOUND")
     return list(found)
-
-
-def ensure_encounter_exists(session: Session, encounter_id: str) -> None:
-    load_encounter(session, encounter_id)
