@@ -383,8 +383,13 @@ class MediaService:
 
 
 def media_mode(app: Flask) -> str:
-    """Say where the media service runs: ``embedded`` (a thread here) or ``external``."""
-    return str(app.config.get("TELEHEALTH_MEDIA", "embedded"))
+    """Say where the media service runs: ``embedded`` (a thread here) or ``external``.
+
+    Read from ``Settings.telehealth_media`` once the settings have that field, else from
+    the app config (``Settings.extra``).
+    """
+    settings = app.extensions["vetinh.settings"]
+    return str(getattr(settings, "telehealth_media", "") or app.config.get("TELEHEALTH_MEDIA", "embedded"))
 
 
 def _ice_urls(app: Flask) -> list[str]:

@@ -28,6 +28,7 @@ from his.navigation import add_nav_item
 from his.openapi import api_doc
 from his.policy import ensure_patient_access
 from his.security import current_principal, login_required
+from telehealth import demo as _demo  # noqa: F401 - registers the demo loader
 from telehealth import jobs as _jobs  # noqa: F401 - registers the context's jobs
 from telehealth import media, services
 from telehealth.models import Participant, Room
