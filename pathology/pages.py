@@ -215,8 +215,10 @@ def report_page(case_id: str) -> str | BaseResponse | tuple[str, int]:
         save_draft(session, principal, case, report_input(request.form))
         audit.record("update", "DiagnosticReport", f"draft:{case.id}", patient_id=case.patient_id)
         if request.form.get("action") == "sign":
+            # No flash message: the page shows the signed report, and reading a flash back
+            # rewrites the web session just as the requesting doctor's page reloads on
+            # report.signed (SQLite then refuses one of the two writers).
             sign_case_report(case)
-            flash(_("The report is signed and was sent to the requesting doctor."), "success")
         else:
             flash(_("The draft is saved."), "success")
     except ValidationFailed as error:

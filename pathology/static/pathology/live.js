@@ -10,6 +10,9 @@
   var siteId = anchor.getAttribute("data-site-id");
   var slideId = anchor.getAttribute("data-slide-id");
   var source = new EventSource(anchor.getAttribute("data-events"));
+  source.addEventListener("open", function () {
+    anchor.setAttribute("data-connected", "true");
+  });
   function onEvent(event) {
     var data = JSON.parse(event.data);
     var mine = (data.case_id && caseIds.indexOf(data.case_id) !== -1) ||
