@@ -24,6 +24,7 @@ from his.events import publish
 from his.i18n import local_zone
 from his.models import Site, User
 from his.navigation import add_nav_item
+from his.openapi import api_doc
 from his.policy import ensure_patient_access
 from his.records import jobs as _jobs  # noqa: F401 - registers the outbox job
 from his.records import pharmacy, services, signatures
@@ -641,8 +642,47 @@ def _verification_json(report: signatures.Verification) -> dict[str, Any]:
     }
 
 
+VERIFICATION_OUTPUT = {
+    "type": "object",
+    "required": ["valid", "signatures"],
+    "properties": {
+        "valid": {"type": "boolean"},
+        "signatures": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "provenance": {"type": "string"},
+                    "valid": {"type": "boolean"},
+                    "signer": {"type": "string"},
+                    "signed_at": {"type": "string", "format": "date-time"},
+                    "targets": {"type": "array", "items": {"type": "string"}},
+                    "amended_by": {"type": "array", "items": {"type": "string"}},
+                    "problems": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "properties": {
+                                "reference": {"type": "string"},
+                                "message": {"type": "string"},
+                                "paths": {"type": "array", "items": {"type": "string"}},
+                            },
+                        },
+                    },
+                },
+            },
+        },
+    },
+}
+
+
 @bp.get("/api/v1/records/verify/<target>")
 @login_required
+@api_doc(
+    "Verify the signatures of a record (Provenance id, encounter id or prescription code) and name any change",
+    tags=["records"],
+    responses={200: VERIFICATION_OUTPUT, 401: None, 403: None, 404: None},
+)
 def verify_api(target: str) -> Response:
     """Verify every signature of a record (Provenance id, encounter id or prescription code)."""
     principal = current_principal()
