@@ -999,7 +999,9 @@ def post_chat(session: Session, participant: Participant, room: Room, text: str)
     message = ChatMessage(room_id=room.id, participant_id=participant.id, body=text)
     session.add(message)
     session.flush()
-    publish(room_topic(room.id), {"type": "chat", "message": describe_message(message, participant)})
+    # Only "look again": the text is read from the chat endpoint, which checks admission,
+    # so a stream opened before someone was sent back to the lobby carries no chat.
+    publish(room_topic(room.id), {"type": "chat", "id": message.id})
     return message
 
 
@@ -1045,7 +1047,9 @@ def share_file(
     session.add(message)
     session.flush()
     audit.record("create", "DocumentReference", document.id, patient_id=room.patient_id)
-    publish(room_topic(room.id), {"type": "chat", "message": describe_message(message, participant)})
+    # Only "look again": the text is read from the chat endpoint, which checks admission,
+    # so a stream opened before someone was sent back to the lobby carries no chat.
+    publish(room_topic(room.id), {"type": "chat", "id": message.id})
     return message
 
 

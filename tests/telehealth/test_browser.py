@@ -66,6 +66,11 @@ def test_two_pages_see_each_others_video_within_five_seconds(
     assert specialist.locator("#remote-videos figcaption").inner_text().startswith("Trần Thị Lan")
     assert vietnamese(live_server, "Time left") in doctor.get_by_test_id("countdown").inner_text()
 
+    doctor.fill("#chat-text", "Anh xem giúp em điện tim này")
+    doctor.press("#chat-text", "Enter")
+    specialist.locator("#chat-log li", has_text="Anh xem giúp em điện tim này").wait_for(timeout=5_000)
+    assert specialist.locator("#chat-log li").inner_text() == "Trần Thị Lan: Anh xem giúp em điện tim này"
+
 
 def test_precall_echo_shows_the_patient_their_own_camera_and_microphone(
     live_server: LiveServer, visit_room: dict[str, Any], call_pages: Any

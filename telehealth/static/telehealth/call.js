@@ -300,7 +300,7 @@
         } else if (event.waiting && isHost) renderLobby(event.waiting);
         break;
       case "chat":
-        addChat(event.message);
+        if (!seenMessages.has(event.id)) loadChat();
         break;
       case "recording":
         showRecording(event.state === "on");
