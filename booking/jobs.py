@@ -7,7 +7,6 @@ booking, kind and channel; a message marked sent is never sent again.
 
 from __future__ import annotations
 
-import os
 from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -31,9 +30,9 @@ def _zone(app: Flask) -> ZoneInfo:
 
 
 def channels_for(app: Flask) -> notifications.Channels:
-    """Read where messages go from the settings (webhook: ``BOOKING_WEBHOOK_URL`` or its variable)."""
+    """Read where messages go from the settings (webhook: ``VETINH_BOOKING_WEBHOOK_URL``)."""
     settings = app.extensions["vetinh.settings"]
-    webhook = str(app.config.get("BOOKING_WEBHOOK_URL") or os.environ.get("VETINH_BOOKING_WEBHOOK_URL") or "")
+    webhook = str(app.config.get("BOOKING_WEBHOOK_URL") or app.config.get("VETINH_BOOKING_WEBHOOK_URL") or "")
     return notifications.Channels(
         smtp_host=settings.smtp_host,
         smtp_port=settings.smtp_port,

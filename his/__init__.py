@@ -47,7 +47,9 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     from his import audit, db, events, extensions, i18n, jobs
     from his.sessions import DatabaseSessionInterface
 
-    database = db.Database(settings.database_url)
+    database = db.Database(
+        settings.database_url, pool_size=settings.db_pool_size, pool_timeout=settings.db_pool_timeout
+    )
     db.init_app(app, database)
     app.session_interface = DatabaseSessionInterface(settings.session_ttl_seconds)
     audit.init_app(app, database, settings.audit_flush_seconds)

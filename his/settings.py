@@ -47,6 +47,9 @@ class Settings:
     turn_secret: str = ""
     vendor_dir: str = ""
     redis_prefix: str = "vetinh:"
+    db_pool_size: int = 20
+    db_pool_timeout: int = 30
+    booking_webhook_url: str = ""
     facility_level: str = ""
     bank_bin: str = ""
     bank_account: str = ""
