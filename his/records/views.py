@@ -740,6 +740,33 @@ def import_drugs_command(path: str) -> None:
     click.echo(f"{count} drugs imported.")
 
 
+@bp.cli.command("import-signing-key")
+@click.argument("username")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+@click.option("--password", prompt=True, hide_input=True, default="", help="Password of the PKCS#12 file.")
+@with_appcontext
+def import_signing_key_command(username: str, path: str, password: str) -> None:
+    """Give a doctor or pharmacist a key and certificate from a real CA (a PKCS#12 file).
+
+    An administrator runs this after checking the certificate: its chain becomes trusted.
+    """
+    from pathlib import Path
+
+    from his.records.signing import import_pkcs12
+
+    with get_database().session_scope() as session:
+        user = session.scalar(select(User).where(User.username == username))
+        if user is None or user.role not in ("doctor", "pharmacist"):
+            click.echo(f"{username}: no doctor or pharmacist by this name.", err=True)
+            sys.exit(2)
+        try:
+            row = import_pkcs12(session, user, Path(path).read_bytes(), password, _secret())
+        except VetinhError as exc:
+            click.echo(exc.message, err=True)
+            sys.exit(1)
+        click.echo(f"{username} now signs as {row.subject} (SHA-256 {row.fingerprint}).")
+
+
 @bp.cli.command("send-prescriptions")
 @click.option("--endpoint", required=True, help="URL of the national prescription system.")
 @with_appcontext

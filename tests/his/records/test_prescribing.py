@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from fhir import services as store
 from fhir.models import FhirResourceHistory
+from his.db import get_database
 from his.errors import Conflict, ValidationFailed
 from his.models import User
 from his.records import services, signatures
@@ -405,3 +406,41 @@ def test_verification_finds_tampering_and_unsigned_versions(
     session.commit()
     _a_later_version_without_amendment_is_reported(session, make_visit, doctor)
     session.commit()
+
+
+def test_an_administrator_imports_a_pkcs12_signing_key(
+    app: Flask, make_user: Callable[..., User], tmp_path: object
+) -> None:
+    from datetime import UTC, datetime, timedelta
+    from pathlib import Path
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import BestAvailableEncryption, pkcs12
+    from cryptography.x509.oid import NameOID
+
+    make_user("doctor", username="bsnam")
+    make_user("cashier", username="thungan")
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "BS Nam")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(7).not_valid_before(now - timedelta(days=1)).not_valid_after(now + timedelta(days=9))
+        .sign(key, hashes.SHA256())
+    )  # fmt: skip
+    path = Path(str(tmp_path)) / "bsnam.p12"
+    path.write_bytes(
+        pkcs12.serialize_key_and_certificates(b"nam", key, cert, None, BestAvailableEncryption(b"pw"))
+    )
+    runner = app.test_cli_runner()
+    imported = runner.invoke(args=["import-signing-key", "bsnam", str(path), "--password", "pw"])
+    assert imported.exit_code == 0, imported.output
+    assert "now signs as CN=BS Nam" in imported.output
+    wrong = runner.invoke(args=["import-signing-key", "bsnam", str(path), "--password", "sai"])
+    assert wrong.exit_code == 1
+    assert runner.invoke(args=["import-signing-key", "thungan", str(path), "--password", "pw"]).exit_code == 2
+    with app.app_context(), get_database(app).session_scope() as db:
+        keys = db.scalars(select(SigningKey).where(SigningKey.source == "pkcs12")).all()
+        assert [k.subject for k in keys] == ["CN=BS Nam"]
