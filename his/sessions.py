@@ -11,7 +11,7 @@ from flask.sessions import SessionInterface, SessionMixin
 from sqlalchemy import delete
 from werkzeug.datastructures import CallbackDict
 
-from his.db import as_utc, get_database, utcnow
+from his.db import as_utc, begin_immediate, get_database, utcnow
 from his.models import WebSession
 
 
@@ -52,6 +52,7 @@ class DatabaseSessionInterface(SessionInterface):
         if not session:
             if session.sid is not None and session.modified:
                 with get_database(app).session_scope() as db:
+                    begin_immediate(db)
                     db.execute(delete(WebSession).where(WebSession.id == session.sid))
                 response.delete_cookie(name, domain=domain, path=path)
             return
@@ -59,6 +60,9 @@ class DatabaseSessionInterface(SessionInterface):
             return
         expires = utcnow() + self.ttl
         with get_database(app).session_scope() as db:
+            # Read-then-write: take SQLite's write lock first so a concurrent writer makes
+            # this wait (busy timeout) instead of failing with "database is locked".
+            begin_immediate(db)
             if session.rotate and session.sid is not None:
                 db.execute(delete(WebSession).where(WebSession.id == session.sid))
                 session.sid = None
