@@ -848,6 +848,9 @@ def _set_encounter_status(session: Session, booking: Booking, status: str, now: 
     if not booking.encounter_id:
         return
     resource = store.read(session, "Encounter", booking.encounter_id).resource
+    # A finished Encounter may be signed: rewriting it would leave a newer, unsigned version.
+    if resource.get("status") in (status, "finished", "cancelled", "entered-in-error"):
+        return
     resource["status"] = status
     if status == "finished":
         resource.setdefault("period", {})["end"] = fhir_mapping.instant(now)

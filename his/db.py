@@ -78,7 +78,9 @@ def make_engine(url: str, *, pool_size: int = 20, pool_timeout: int = 30) -> Eng
         kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False}
         kwargs["poolclass"] = NullPool
     else:
-        kwargs.update(pool_pre_ping=True, pool_size=pool_size, max_overflow=pool_size, pool_timeout=pool_timeout)
+        kwargs.update(
+            pool_pre_ping=True, pool_size=pool_size, max_overflow=pool_size, pool_timeout=pool_timeout
+        )
     engine = create_engine(url, **kwargs)
     if engine.dialect.name == "sqlite":
         _configure_sqlite(engine)

@@ -50,6 +50,10 @@ class Settings:
     db_pool_size: int = 20
     db_pool_timeout: int = 30
     booking_webhook_url: str = ""
+    telehealth_media: str = "embedded"
+    records_national_url: str = ""
+    records_national_token: str = ""
+    telehealth_sse_keepalive: float = 5.0
     facility_level: str = ""
     bank_bin: str = ""
     bank_account: str = ""

@@ -82,16 +82,13 @@ def test_database(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestData
 
 
 def _empty_all_tables(app: Flask) -> None:
+    """Delete every row, children first (on PostgreSQL far cheaper than TRUNCATE per test)."""
     database = get_database(app)
     existing = set(inspect(database.engine).get_table_names())
     tables = [t for t in reversed(metadata.sorted_tables) if t.name in existing]
     with database.engine.begin() as conn:
-        if conn.dialect.name == "postgresql":
-            names = ", ".join(f'"{t.name}"' for t in tables)
-            conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
-        else:
-            for table in tables:
-                conn.execute(table.delete())
+        for table in tables:
+            conn.execute(table.delete())
 
 
 @pytest.fixture

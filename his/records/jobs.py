@@ -16,11 +16,15 @@ def send_national_prescriptions(app: Flask) -> None:
     """Post due outbox messages once (idempotent: a sent message is never sent again)."""
     from his.records.national import send_pending
 
-    endpoint = app.config.get("RECORDS_NATIONAL_URL")
+    endpoint = app.config.get("VETINH_RECORDS_NATIONAL_URL") or app.config.get("RECORDS_NATIONAL_URL")
     if not endpoint:
         return
     results = send_pending(
-        get_session(), str(endpoint), token=str(app.config.get("RECORDS_NATIONAL_TOKEN") or "")
+        get_session(),
+        str(endpoint),
+        token=str(
+            app.config.get("VETINH_RECORDS_NATIONAL_TOKEN") or app.config.get("RECORDS_NATIONAL_TOKEN") or ""
+        ),
     )
     for result in results:
         if result.status != "sent":

@@ -117,7 +117,9 @@ def upgrade() -> None:
         sa.Column("copay", sa.BigInteger(), nullable=False),
         sa.Column("patient_full", sa.BigInteger(), nullable=False),
         sa.ForeignKeyConstraint(
-            ["charge_id"], ["billing_charges.id"], name=op.f("fk_billing_invoice_lines_charge_id_billing_charges")
+            ["charge_id"],
+            ["billing_charges.id"],
+            name=op.f("fk_billing_invoice_lines_charge_id_billing_charges"),
         ),
         sa.ForeignKeyConstraint(
             ["invoice_id"],
@@ -166,7 +168,9 @@ def upgrade() -> None:
         sa.Column("notification_id", sa.Integer(), nullable=True),
         sa.Column("terminal_reference", sa.String(length=100), nullable=True),
         sa.ForeignKeyConstraint(
-            ["invoice_id"], ["billing_invoices.id"], name=op.f("fk_billing_payments_invoice_id_billing_invoices")
+            ["invoice_id"],
+            ["billing_invoices.id"],
+            name=op.f("fk_billing_payments_invoice_id_billing_invoices"),
         ),
         sa.ForeignKeyConstraint(
             ["notification_id"],

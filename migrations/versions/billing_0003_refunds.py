@@ -27,7 +27,9 @@ def upgrade() -> None:
         sa.Column("recorded_by", sa.String(length=80), nullable=False),
         sa.Column("refunded_at", sa.DateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
-            ["invoice_id"], ["billing_invoices.id"], name=op.f("fk_billing_refunds_invoice_id_billing_invoices")
+            ["invoice_id"],
+            ["billing_invoices.id"],
+            name=op.f("fk_billing_refunds_invoice_id_billing_invoices"),
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_billing_refunds")),
     )

@@ -39,9 +39,7 @@ def upgrade() -> None:
         sa.Column("scanned_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("imaging_study_id", sa.String(length=64), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-        sa.ForeignKeyConstraint(
-            ["site_id"], ["sites.id"], name=op.f("fk_pathology_slides_site_id_sites")
-        ),
+        sa.ForeignKeyConstraint(["site_id"], ["sites.id"], name=op.f("fk_pathology_slides_site_id_sites")),
         sa.ForeignKeyConstraint(
             ["uploaded_by"], ["users.id"], name=op.f("fk_pathology_slides_uploaded_by_users")
         ),
