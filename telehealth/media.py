@@ -385,11 +385,9 @@ class MediaService:
 def media_mode(app: Flask) -> str:
     """Say where the media service runs: ``embedded`` (a thread here) or ``external``.
 
-    Read from ``Settings.telehealth_media`` once the settings have that field, else from
-    the app config (``Settings.extra``).
+    Read from ``Settings.telehealth_media`` (``VETINH_TELEHEALTH_MEDIA``).
     """
-    settings = app.extensions["vetinh.settings"]
-    return str(getattr(settings, "telehealth_media", "") or app.config.get("TELEHEALTH_MEDIA", "embedded"))
+    return str(app.extensions["vetinh.settings"].telehealth_media or "embedded")
 
 
 def _ice_urls(app: Flask) -> list[str]:

@@ -495,10 +495,7 @@ def call_events() -> Response:
     participant, room = _caller()
     # A short keep-alive notices a closed tab within seconds and frees its server thread.
     settings = current_app.extensions["vetinh.settings"]
-    keepalive = float(
-        getattr(settings, "telehealth_sse_keepalive", 0)
-        or current_app.config.get("TELEHEALTH_SSE_KEEPALIVE", SSE_KEEPALIVE_SECONDS)
-    )
+    keepalive = float(settings.telehealth_sse_keepalive or SSE_KEEPALIVE_SECONDS)
     return sse_response(services.stream_topics(participant, room), keepalive=keepalive)
 
 

@@ -36,7 +36,7 @@ def test_a_district_doctor_asks_for_a_consult_with_a_slide_uploaded_in_the_form(
         data={"csrf_token": csrf_token(browser, "/pathology/cases/new"), "patient_id": patient_id},
     )
     assert empty.status_code == 422
-    assert "Write the clinical question for the pathologist." in empty.get_data(as_text=True)
+    assert "Hãy viết câu hỏi lâm sàng cho bác sĩ giải phẫu bệnh." in empty.get_data(as_text=True)
 
     # Encoded in memory: the test client spools large bodies to a file it never closes.
     boundary, body = encode_multipart(

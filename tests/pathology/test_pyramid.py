@@ -35,12 +35,14 @@ def test_a_single_level_slide_is_viewable_once_its_pyramid_is_built(
     login(browser, doctor.username)
     page = browser.get(f"/pathology/slides/{slide_id}").get_data(as_text=True)
     assert 'data-testid="slide-processing"' in page
-    assert "0% done" in page
+    assert "đã xong 0%" in page
     assert "viewer.js" not in page
     assert (uploaded["status"], uploaded["level_count"], uploaded["progress"]) == ("processing", 1, 0.0)
     waiting = district.get(f"/slides/{slide_id}.dzi")
     assert waiting.status_code == 409
-    assert "still being prepared" in waiting.get_data(as_text=True)
+    assert "Tiêu bản đang được chuẩn bị để xem; tiêu bản sẽ mở được khi sẵn sàng." in waiting.get_data(
+        as_text=True
+    )
     assert district.get(f"/slides/{slide_id}/thumbnail.jpeg").status_code == 200
 
     with events.get_bus(app).subscribe(["slide.ready"], 5) as subscription:

@@ -120,7 +120,7 @@ def test_tampering_with_the_stored_report_is_detected(
 
     assert seen["conclusion"] == REPORT["conclusion"]
     assert seen["signature"]["valid"] is False
-    assert "does not match the signed content" in seen["signature"]["message"]
+    assert seen["signature"]["message"] == "Chữ ký không khớp với nội dung đã ký."
 
 
 def test_a_signed_report_cannot_be_changed_and_a_version_written_over_it_is_named(
@@ -147,7 +147,7 @@ def test_a_signed_report_cannot_be_changed_and_a_version_written_over_it_is_name
     seen = district.get(f"/api/v1/cases/{case['id']}/report").get_json()
 
     assert seen["signature"]["valid"] is False
-    assert "changed after it was signed" in seen["signature"]["message"]
+    assert seen["signature"]["message"] == "Kết quả đã bị thay đổi sau khi ký."
 
 
 def test_only_the_pathologist_who_took_the_case_writes_and_signs(

@@ -64,8 +64,7 @@ def call_pages(media_browser: Any) -> Iterator[Any]:
 @pytest.fixture
 def settings_overrides(settings_overrides: dict[str, Any]) -> dict[str, Any]:
     """Use no STUN server (every peer is on this machine); notice closed streams within a second."""
-    extra = {**settings_overrides.get("extra", {}), "telehealth_sse_keepalive": 0.5}
-    return {**settings_overrides, "ice_servers": "", "extra": extra}
+    return {**settings_overrides, "ice_servers": "", "telehealth_sse_keepalive": 0.5}
 
 
 @dataclass

@@ -99,10 +99,14 @@ def external_media(test_database: Any, settings_overrides: dict[str, Any]) -> It
     from werkzeug.serving import make_server
 
     prefix = f"vetinh-test-{secrets.token_hex(4)}:"
-    extra = {**settings_overrides.get("extra", {}), "telehealth_media": "external"}
     app = create_app(
         database_url=test_database.url,
-        **{**settings_overrides, "event_backend": "redis", "redis_url": REDIS_URL, "extra": extra},
+        **{
+            **settings_overrides,
+            "event_backend": "redis",
+            "redis_url": REDIS_URL,
+            "telehealth_media": "external",
+        },
     )
     app.config["VETINH_REDIS_PREFIX"] = prefix
     env = {
