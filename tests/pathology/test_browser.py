@@ -100,7 +100,7 @@ def test_pathologist_reads_annotates_measures_and_signs_and_the_district_doctor_
         assert district.get_by_test_id("report-pending").is_visible()
         district.wait_for_selector("#pathology-live[data-connected=true]", state="attached")
 
-        page.get_by_role("link", name="Back to the case").click()
+        page.get_by_role("link", name="Quay lại ca").click()
         page.fill("textarea[name=macroscopic]", "Hai mảnh sinh thiết, 8 và 11 mm.")
         page.fill(
             "textarea[name=microscopic]", "Tuyến không đều, nhân không điển hình, xâm nhập lớp dưới niêm mạc."
