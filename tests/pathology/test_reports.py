@@ -142,7 +142,9 @@ def test_a_signed_report_cannot_be_changed_and_a_version_written_over_it_is_name
         headers={**district.headers, "Content-Type": "application/fhir+json"},
     )
     if response.status_code >= 400:
-        pytest.skip(f"the FHIR API refuses this update ({response.status_code}); nothing to detect")
+        pytest.skip(
+            f"this check requires the FHIR API to accept the edit; it refused ({response.status_code})"
+        )
 
     seen = district.get(f"/api/v1/cases/{case['id']}/report").get_json()
 
