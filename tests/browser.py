@@ -26,7 +26,7 @@ MEDIA_ARGS = ["--use-fake-device-for-media-stream", "--use-fake-ui-for-media-str
 def chromium(*, media: bool = False) -> Iterator[Any]:
     """Yield a Playwright browser on Debian's Chromium; skip, saying why, when it is missing."""
     if not os.path.exists(CHROMIUM):
-        pytest.skip(f"browser tests require Debian's chromium at {CHROMIUM}, which is missing")
+        pytest.skip(reason=f"browser tests require Debian's chromium at {CHROMIUM}, which is missing")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:

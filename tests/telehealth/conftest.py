@@ -31,7 +31,7 @@ def playwright() -> Iterator[Any]:
     from tests.browser import CHROMIUM
 
     if not os.path.exists(CHROMIUM):
-        pytest.skip(f"{CHROMIUM} is missing: install Debian's chromium to run browser tests")
+        pytest.skip(reason=f"{CHROMIUM} is missing: install Debian's chromium to run browser tests")
     with sync_playwright() as instance:
         yield instance
 

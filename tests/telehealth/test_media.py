@@ -93,7 +93,7 @@ def test_the_echo_peer_sends_a_participants_own_media_back(
 def external_media(test_database: Any, settings_overrides: dict[str, Any]) -> Iterator[tuple[Flask, str]]:
     """Serve an app that hands media work to a `vetinh media` process over Redis."""
     if not REDIS_URL:
-        pytest.skip(
+        pytest.skip(  # reason: Redis is not set up
             "VETINH_TEST_REDIS_URL is not set: `vetinh media` talks to the web processes through Redis"
         )
     from werkzeug.serving import make_server
