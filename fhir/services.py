@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -62,6 +62,26 @@ RESULT_PARAMS = {
     *PAGING_PARAMS,
 }
 DATE_PREFIXES = ("eq", "ne", "lt", "gt", "le", "ge", "sa", "eb", "ap")
+
+WriteGuard = Callable[[Session, str, str], None]
+_write_guards: list[WriteGuard] = []
+
+
+def register_write_guard(guard: WriteGuard) -> None:
+    """Let a context refuse REST changes to resources it owns, e.g. a signed record.
+
+    ``guard(session, resource_type, resource_id)`` runs before ``/fhir/R4`` updates or
+    deletes an existing resource and raises a ``his.errors`` exception (``Conflict``) to
+    refuse. Contexts' own in-process writes are not guarded: they own their rules.
+    """
+    if guard not in _write_guards:
+        _write_guards.append(guard)
+
+
+def check_write_guards(session: Session, resource_type: str, resource_id: str) -> None:
+    """Run every registered guard for a change a client asked for; raise what a guard raises."""
+    for guard in _write_guards:
+        guard(session, resource_type, resource_id)
 
 
 @dataclass(frozen=True)

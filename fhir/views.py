@@ -434,6 +434,7 @@ def update(resource_type: str, resource_id: str) -> Response:
     _guard_audit_events(principal, resource_type, "write")
     session = get_session()
     _check_may_change(principal, services.compartments_of(session, resource_type, resource_id))
+    services.check_write_guards(session, resource_type, resource_id)
     stored = services.update(
         session,
         resource_type,
@@ -458,6 +459,7 @@ def conditional_update(resource_type: str) -> Response:
     match = services._conditional_match(session, resource_type, query)
     if match is not None:
         _check_may_change(principal, services.compartments_of(session, resource_type, match.id))
+        services.check_write_guards(session, resource_type, match.id)
     stored = services.conditional_update(
         session, resource_type, query, _body(), check_references=_check_references()
     )
@@ -487,6 +489,7 @@ def delete(resource_type: str, resource_id: str) -> Response:
     if not _is_patient(principal):
         _ensure_access(principal, patients, "write")
     g.fhir_audit.patient_id = min(patients) if patients else None
+    services.check_write_guards(session, resource_type, resource_id)
     deleted = services.delete_resource(
         session, resource_type, resource_id, if_match=request.headers.get("If-Match")
     )
@@ -511,6 +514,7 @@ def conditional_delete(resource_type: str) -> Response:
             raise _forbidden_compartment()
     else:
         _ensure_access(principal, patients, "write")
+    services.check_write_guards(session, resource_type, match.id)
     services.delete_resource(session, resource_type, match.id)
     g.fhir_audit.entity_id = match.id
     return Response(status=204)
@@ -767,9 +771,11 @@ def _check_bundle_entry(principal: Principal, session: Any, index: int, entry: A
         raise refuse(f"the token's scopes do not allow {access} on {rtype}.")
     if rtype == "AuditEvent":
         _guard_audit_events(principal, rtype, access)
+    has_id = len(path) > 1 and bool(path[1])
+    if method in ("PUT", "DELETE") and has_id and is_resource_type(rtype):
+        services.check_write_guards(session, rtype, path[1])
     if _sees_everything(principal):
         return method
-    has_id = len(path) > 1 and bool(path[1])
     if method in ("GET", "DELETE") and not has_id:
         raise refuse("searches and conditional deletes inside a Bundle need a system token.")
     if method == "DELETE" and is_resource_type(rtype):

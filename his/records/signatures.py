@@ -15,7 +15,7 @@ from datetime import date, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Text, cast, select
 from sqlalchemy.orm import Session
 
 from fhir import services as store
@@ -41,6 +41,22 @@ from his.records.services import (
 from his.records.signing import sign_detached, signer_key, trusted_authorities, verify_detached
 
 SIGNED_TYPES = ("Observation", "Condition", "ServiceRequest", "MedicationRequest", "Composition")
+
+
+def refuse_signed_changes(session: Session, resource_type: str, resource_id: str) -> None:
+    """FHIR write guard: a client may not update or delete a resource a signature covers.
+
+    Raises Conflict (409) naming the amendment path; changes go through :func:`amend`.
+    """
+    if resource_type not in SIGNED_TYPES:
+        return
+    marker = f'%"{resource_type}/{resource_id}/_history/%'
+    signed = session.scalar(select(Signature.id).where(cast(Signature.targets, Text).like(marker)).limit(1))
+    if signed is not None:
+        raise Conflict(
+            N_("This resource is part of a signed record and cannot be changed; amend the record instead."),
+            code="RECORD_SIGNED",
+        )
 
 
 class OverrideRequired(ValidationFailed):

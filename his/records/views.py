@@ -17,6 +17,7 @@ from flask_babel import lazy_gettext as _l
 from sqlalchemy import select
 from werkzeug.wrappers import Response as BaseResponse
 
+from fhir import services as fhir_store
 from his import audit
 from his.db import begin_immediate, get_database, get_session
 from his.errors import Conflict, Forbidden, NotFound, ValidationFailed, VetinhError
@@ -43,6 +44,7 @@ bp = Blueprint(
     static_url_path="/static/records",
     cli_group=None,
 )
+fhir_store.register_write_guard(signatures.refuse_signed_changes)
 
 CLINICIANS = ("doctor", "nurse")
 add_nav_item("records.worklist", _l("Worklist"), {"doctor", "nurse"}, icon="list", order=20)

@@ -9,6 +9,7 @@ from decimal import Decimal
 
 import pytest
 from flask import Flask
+from flask.testing import FlaskClient
 from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session
 
@@ -444,3 +445,57 @@ def test_an_administrator_imports_a_pkcs12_signing_key(
     with app.app_context(), get_database(app).session_scope() as db:
         keys = db.scalars(select(SigningKey).where(SigningKey.source == "pkcs12")).all()
         assert [k.subject for k in keys] == ["CN=BS Nam"]
+
+
+def test_the_fhir_api_refuses_to_change_or_delete_a_signed_resource(
+    app: Flask,
+    client: FlaskClient,
+    session: Session,
+    make_visit: Callable[..., Visit],
+    doctor: User,
+    make_token: Callable[..., str],
+) -> None:
+    """PUT, DELETE and a transaction entry on a signed Condition get 409; the version stays."""
+    visit = make_visit()
+    signature = _signed(session, visit, doctor)
+    session.commit()
+    condition_id = next(t for t in signature.targets if t.startswith("Condition/")).split("/")[1]
+    before = store.read(session, "Condition", condition_id)
+    session.rollback()
+    headers = {"Authorization": f"Bearer {make_token(doctor)}", "Content-Type": "application/fhir+json"}
+    changed = before.resource | {"clinicalStatus": {"text": "resolved"}}
+    changed.pop("meta")
+
+    put = client.put(f"/fhir/R4/Condition/{condition_id}", json=changed, headers=headers)
+    assert put.status_code == 409, put.get_data(as_text=True)
+    assert put.json["resourceType"] == "OperationOutcome"
+    assert "amend" in put.get_data(as_text=True)
+    delete = client.delete(f"/fhir/R4/Condition/{condition_id}", headers=headers)
+    assert delete.status_code == 409
+    transaction = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {"resource": changed, "request": {"method": "PUT", "url": f"Condition/{condition_id}"}}
+        ],
+    }
+    bundle = client.post("/fhir/R4", json=transaction, headers=headers)
+    assert bundle.status_code == 409
+
+    after = store.read(session, "Condition", condition_id)
+    assert after.version_id == before.version_id
+    assert signatures.verify(session, signature).valid
+    # An unsigned resource of the same patient is still writable through the API.
+    observation = client.post(
+        "/fhir/R4/Observation",
+        json={
+            "resourceType": "Observation",
+            "status": "final",
+            "code": {"text": "Ghi chú"},
+            "subject": {"reference": f"Patient/{visit.patient_id}"},
+        },
+        headers=headers,
+    )
+    assert observation.status_code == 201
+    observation_id = observation.json["id"]
+    assert client.delete(f"/fhir/R4/Observation/{observation_id}", headers=headers).status_code == 204
