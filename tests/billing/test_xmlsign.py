@@ -124,3 +124,68 @@ def test_the_claims_of_a_range_download_signed_and_audited(
     with get_database(app).session_scope() as session:
         exports = session.scalars(select(AuditRecord).where(AuditRecord.action == "export")).all()
         assert [(row.entity_id, row.username) for row in exports] == [(invoice.reference, "quanly")]
+
+
+def _xmlsec1_verify(tmp_path, envelope: bytes, certificate: x509.Certificate):
+    """Run xmlsec1, an independent XML-DSig implementation, on an envelope with the facility's certificate.
+
+    The reference is ``URI=""`` (the whole document), so no id attribute is needed.
+    ``--enabled-key-data key-name`` stops xmlsec1 from taking the key out of the
+    document's own ``KeyInfo``: only the facility's certificate given here may verify it.
+    """
+    import shutil
+    import subprocess
+
+    from cryptography.hazmat.primitives import serialization
+
+    if shutil.which("xmlsec1") is None:
+        pytest.skip(reason="xmlsec1 (Debian package xmlsec1) is not installed")
+    (tmp_path / "envelope.xml").write_bytes(envelope)
+    (tmp_path / "cert.pem").write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    return subprocess.run(
+        [
+            "xmlsec1",
+            "--verify",
+            "--pubkey-cert-pem",
+            str(tmp_path / "cert.pem"),
+            "--enabled-key-data",
+            "key-name",
+            str(tmp_path / "envelope.xml"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_xmlsec1_accepts_our_signature(signed, facility_key, tmp_path):
+    outcome = _xmlsec1_verify(tmp_path, signed, facility_key[1])
+    assert outcome.returncode == 0, outcome.stderr
+    assert "SignedInfo References (ok/all): 1/1" in outcome.stderr
+
+
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        lambda doc: doc.replace(b"<SOLUONGHOSO>1<", b"<SOLUONGHOSO>2<"),
+        lambda doc: doc.replace(b"<NOIDUNGFILE>PD", b"<NOIDUNGFILE>QD", 1),
+        lambda doc: doc.replace(b"<MACSKCB>01234<", b"<MACSKCB>01235<"),
+    ],
+    ids=["count", "table", "facility"],
+)
+def test_xmlsec1_refuses_a_tampered_envelope(signed, facility_key, tmp_path, tamper):
+    changed = tamper(signed)
+    assert changed != signed
+    outcome = _xmlsec1_verify(tmp_path, changed, facility_key[1])
+    assert outcome.returncode != 0
+    assert "SignedInfo References (ok/all): 0/1" in outcome.stderr
+
+
+def test_xmlsec1_refuses_an_envelope_signed_by_another_key(facility_key, tmp_path):
+    impostor_key, impostor_certificate = _facility_key("Kẻ mạo danh")
+    forged = sign_envelope(
+        claim_document(WORKED_EXAMPLE, date(2025, 9, 10)), impostor_key, impostor_certificate
+    )
+    assert _xmlsec1_verify(tmp_path, forged, impostor_certificate).returncode == 0
+    assert _xmlsec1_verify(tmp_path, forged, facility_key[1]).returncode != 0
