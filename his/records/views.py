@@ -486,6 +486,36 @@ def print_prescription(code: str) -> str:
     )
 
 
+PDF_ROLES = ("doctor", "pharmacist", "patient")
+
+
+@bp.get("/records/prescriptions/<code>.pdf")
+@login_required
+def prescription_pdf(code: str) -> Response:
+    """Download a signed prescription as an A5 PDF with its code and authenticity QR.
+
+    Doctors and pharmacists of a site that cares for the patient, and the patient or a
+    linked parent, may download it; anyone else gets 403 (audited). An unsigned
+    prescription gets 409.
+    """
+    from his.records.printing import render_pdf, sheet_of
+
+    session = get_session()
+    found, _qr = pharmacy.find(session, code)
+    principal = current_principal()
+    if principal.role not in PDF_ROLES:
+        audit.record("read", "Prescription", found.code, patient_id=found.patient_id, outcome="denied")
+        raise Forbidden(_("Your role does not allow this."), code="ROLE_REQUIRED")
+    ensure_patient_access(principal, found.patient_id, "read")
+    sheet = sheet_of(session, found, secret=_secret(), zone=local_zone())
+    document = render_pdf(current_app, sheet)
+    audit.record("read", "Prescription", found.code, patient_id=found.patient_id, detail="pdf")
+    response = Response(document, mimetype="application/pdf")
+    response.headers["Content-Disposition"] = f'attachment; filename="don-thuoc-{found.code}.pdf"'
+    response.headers["Cache-Control"] = "private, no-store"
+    return response
+
+
 @bp.get("/records/reports/antibiotics")
 @roles_required("manager", "doctor")
 def antibiotic_report() -> str | Response:

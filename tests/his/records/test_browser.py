@@ -1,9 +1,10 @@
-"""A doctor and a pharmacist go through the whole prescription story in headless Chromium."""
+"""A doctor signs and downloads the PDF, and a pharmacist dispenses it, in headless Chromium."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -12,6 +13,7 @@ from tests.browser import chromium
 from tests.conftest import TEST_PASSWORD, LiveServer
 
 from .conftest import Visit
+from .test_pdf import A5_POINTS, assert_authentic, read_pdf, signed_part, stored_qr
 
 pytestmark = pytest.mark.e2e
 
@@ -68,6 +70,16 @@ def test_doctor_signs_an_overridden_prescription_and_the_pharmacist_dispenses_it
         assert doctor.get_by_test_id("signed-badge").is_visible()
         code = doctor.get_by_test_id("prescription-code").first.inner_text()
         assert re.fullmatch(r"01234[0-9a-z]{7}-C", code)
+        with doctor.expect_download() as downloading:
+            doctor.get_by_test_id("pdf-link").click()
+        download = downloading.value
+        assert download.suggested_filename == f"don-thuoc-{code}.pdf"
+        text, qr, size = read_pdf(Path(download.path()).read_bytes())
+        assert size == pytest.approx(A5_POINTS, abs=0.5)
+        for expected in (code, "Trần Văn Bình", "Warfarin 2 mg", "Aspirin 81 mg", "(I48)", "Lê Văn Minh"):
+            assert expected in text, expected
+        assert signed_part(qr) == stored_qr(live_server.app, code)
+        assert_authentic(live_server.app, qr, code)
         doctor.get_by_test_id("print-link").click()
         assert code in doctor.get_by_test_id("printable-prescription").inner_text()
 
