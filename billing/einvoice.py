@@ -23,13 +23,12 @@ from sqlalchemy.orm import Session
 
 from billing.fhir_mapping import plain
 from billing.models import Charge, Invoice
+from billing.words import amount_in_words
 from fhir import services as store
 from his.errors import N_, Conflict, VetinhError
 
 FORMAT_VERSION = "2.1.0"
 VAT_EXEMPT = "KCT"
-_DIGITS = ("không", "một", "hai", "ba", "bốn", "năm", "sáu", "bảy", "tám", "chín")
-_SCALES = ("", " nghìn", " triệu", " tỷ")
 
 
 class ProviderUnavailable(VetinhError):
@@ -60,54 +59,6 @@ class EInvoiceLine:
     quantity: Decimal
     unit_price: Decimal
     amount: Decimal
-
-
-def _three_digits(number: int, *, inner: bool) -> str:
-    """Read 0–999 in Vietnamese; ``inner`` groups say their zero hundreds ("không trăm")."""
-    hundreds, rest = divmod(number, 100)
-    tens, units = divmod(rest, 10)
-    words: list[str] = []
-    if hundreds or inner:
-        words += [_DIGITS[hundreds], "trăm"]
-    if tens == 0 and units and words:
-        words.append("lẻ")
-    if tens == 1:
-        words.append("mười")
-    elif tens > 1:
-        words += [_DIGITS[tens], "mươi"]
-    if units:
-        if units == 1 and tens > 1:
-            words.append("mốt")
-        elif units == 5 and tens > 0:
-            words.append("lăm")
-        else:
-            words.append(_DIGITS[units])
-    return " ".join(words)
-
-
-def amount_in_words(amount: Decimal) -> str:
-    """Write a whole amount of đồng in Vietnamese words, as invoices print it.
-
-    Raises ValueError for a negative amount or one above 999 tỷ.
-    """
-    number = int(amount.quantize(Decimal(1), rounding=ROUND_HALF_UP))
-    if number < 0 or number >= 10**12:
-        raise ValueError("amount out of range")
-    if number == 0:
-        return "Không đồng"
-    groups: list[int] = []
-    while number:
-        number, group = divmod(number, 1000)
-        groups.append(group)
-    parts: list[str] = []
-    top = len(groups) - 1
-    for index in range(top, -1, -1):
-        group = groups[index]
-        if group == 0:
-            continue
-        parts.append(_three_digits(group, inner=index != top) + _SCALES[index])
-    text = " ".join(parts) + " đồng"
-    return text[0].upper() + text[1:]
 
 
 def _element(name: str, value: object) -> str:
