@@ -1,4 +1,4 @@
-"""Read the records catalogues we ship: ICD-10 in Vietnamese, drugs, interactions and dose limits.
+"""Read the records catalogues we ship: ICD-10 in Vietnamese, drugs, interactions, dose limits, services.
 
 The files under ``his/records/data/`` are written by the project from public facts
 (ICD-10 titles, WHO ATC/DDD, well-known interactions and dose ceilings). Drug codes
@@ -22,6 +22,8 @@ from his.errors import N_, ValidationFailed
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 DRUG_SYSTEM = "urn:vetinh:drug"
+# The code system of orderable services: the hospital's price-list codes (XN.CTM, CDHA.XQNG).
+SERVICE_SYSTEM = "urn:vetinh:service-code"
 INGREDIENT_SYSTEM = "urn:vetinh:ingredient"
 DRUG_CLASS_SYSTEM = "urn:vetinh:drug-class"
 ICD10_SYSTEM = "http://hl7.org/fhir/sid/icd-10"
@@ -339,3 +341,34 @@ def dose_limits() -> dict[str, DoseLimit]:
             )
             for r in csv.DictReader(handle)
         }
+
+
+@dataclass(frozen=True)
+class OrderableService:
+    """A lab test, imaging study or pathology examination a doctor can order by code.
+
+    The code is the hospital's price-list code, so performing the order can be charged.
+    """
+
+    code: str
+    vi: str
+    en: str
+    category: str
+
+    def name(self, locale: str) -> str:
+        return self.en if locale.startswith("en") else self.vi
+
+
+@lru_cache(maxsize=1)
+def orderable_services() -> dict[str, OrderableService]:
+    """Return the shipped catalogue of orderable services by code, in file order."""
+    with (DATA_DIR / "services.csv").open(encoding="utf-8", newline="") as handle:
+        return {
+            row["code"]: OrderableService(row["code"], row["vi"], row["en"], row["category"])
+            for row in csv.DictReader(handle)
+        }
+
+
+def orderable_service(code: str) -> OrderableService | None:
+    """Return the service of a code (case-insensitive), or None when the catalogue lacks it."""
+    return orderable_services().get(code.strip().upper())

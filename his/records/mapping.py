@@ -13,8 +13,10 @@ from his.records.catalogue import (
     DRUG_SYSTEM,
     ICD10_SYSTEM,
     INGREDIENT_SYSTEM,
+    SERVICE_SYSTEM,
     Drug,
     Icd10Entry,
+    OrderableService,
 )
 from his.records.dosing import Dosage
 from his.records.safety import ISSUE_CODES, SafetyWarning
@@ -227,22 +229,62 @@ def allergy_key(resource: dict[str, Any]) -> tuple[str, str] | None:
 
 
 def service_request(
-    category: str, text: str, patient_id: str, encounter_id: str, when: str, requester: str | None
+    category: str,
+    text: str,
+    patient_id: str,
+    encounter_id: str,
+    when: str,
+    requester: str | None,
+    *,
+    service: OrderableService | None = None,
+    note: str = "",
 ) -> dict[str, Any]:
-    """Return an order for lab, imaging or pathology."""
+    """Return an order for lab, imaging or pathology: a catalogue service (coded) or free text."""
+    code: dict[str, Any] = {"text": text}
+    if service is not None:
+        category = service.category
+        code = {
+            "coding": [{"system": SERVICE_SYSTEM, "code": service.code, "display": service.vi}],
+            "text": service.vi,
+        }
     resource: dict[str, Any] = {
         "resourceType": "ServiceRequest",
         "status": "active",
         "intent": "order",
         "category": [{"coding": [ORDER_CATEGORIES[category]]}],
-        "code": {"text": text},
+        "code": code,
         "subject": _ref(f"Patient/{patient_id}"),
         "encounter": _ref(f"Encounter/{encounter_id}"),
         "authoredOn": when,
     }
     if requester:
         resource["requester"] = _ref(requester)
+    if note:
+        resource["note"] = [{"text": note}]
     return resource
+
+
+def service_code(resource: dict[str, Any]) -> str | None:
+    """Return the catalogue code of an order or procedure, or None for a free-text one."""
+    for coding in resource.get("code", {}).get("coding", []):
+        if coding.get("system") == SERVICE_SYSTEM and coding.get("code"):
+            return str(coding["code"])
+    return None
+
+
+def performed_procedure(order: dict[str, Any], when: str, performer: str) -> dict[str, Any]:
+    """Return the Procedure recording that an order was carried out (``basedOn`` the order)."""
+    return {
+        "resourceType": "Procedure",
+        "status": "completed",
+        "basedOn": [_ref(f"ServiceRequest/{order['id']}")],
+        **({"category": order["category"][0]} if order.get("category") else {}),
+        "code": order.get("code", {}),
+        "subject": order["subject"],
+        "encounter": order["encounter"],
+        "performedDateTime": when,
+        "performer": [{"actor": _ref(performer)}],
+    }
 
 
 def clinical_note(

@@ -140,3 +140,20 @@ class OutboxMessage(Base):
     response: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class PerformedOrder(Base):
+    """An order that was carried out: its ServiceRequest and the Procedure recording it.
+
+    One row per ServiceRequest (unique), so two people marking one order at once make
+    one Procedure and one charge; the Procedure in the store is the clinical record.
+    """
+
+    __tablename__ = "records_performed_orders"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    service_request_id: Mapped[str] = mapped_column(String(64), unique=True)
+    procedure_id: Mapped[str] = mapped_column(String(64))
+    encounter_id: Mapped[str] = mapped_column(String(64), index=True)
+    performer_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    performed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -18,6 +18,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from fhir import services as store
+from his import events
 from his.errors import N_, Conflict, NotFound, ValidationFailed
 from his.records.codes import parse_code
 from his.records.models import Prescription, PrescriptionItem, Signature, SigningKey
@@ -26,6 +27,7 @@ from his.records.signatures import Verification, verify
 from his.records.signing import digest, sign_short, verify_short
 
 QR_PREFIX = "VTRX1"
+DISPENSED_TOPIC = "medication.dispensed"
 
 
 def _signature_of(session: Session, prescription: Prescription) -> Signature | None:
@@ -178,6 +180,10 @@ def dispense(
 ) -> list[str]:
     """Hand over the given quantities as MedicationDispense resources; return their ids.
 
+    Each MedicationDispense publishes ``medication.dispensed`` (billing charges from it):
+    its id is the ``dispense_id`` and the prescription line's id the ``line_id``, so a
+    repeated event charges once. In a request the event leaves when the dispensing commits.
+
     Raises Conflict when the prescription is unsigned, its signature invalid, it expired,
     or a line would go beyond its prescribed quantity; ValidationFailed for bad amounts.
     """
@@ -247,6 +253,17 @@ def dispense(
             "whenHandedOver": when,
             "dosageInstruction": request.get("dosageInstruction", []),
         }
-        created.append(store.create(session, resource).id)
+        dispense_id = store.create(session, resource).id
+        created.append(dispense_id)
+        events.publish(
+            DISPENSED_TOPIC,
+            {
+                "dispense_id": dispense_id,
+                "encounter_id": prescription.encounter_id,
+                "patient_id": prescription.patient_id,
+                "dispensed_at": when,
+                "items": [{"line_id": str(item.id), "item_code": item.drug_code, "quantity": int(amount)}],
+            },
+        )
     session.expire_all()
     return created

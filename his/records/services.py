@@ -16,11 +16,13 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from sqlalchemy import delete, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from fhir import services as store
+from his import events
 from his.db import utcnow
-from his.errors import N_, Conflict, NotFound, ValidationFailed
+from his.errors import N_, Conflict, Gone, NotFound, ValidationFailed
 from his.models import PatientSiteAccess, Site
 from his.records import mapping
 from his.records.catalogue import (
@@ -28,6 +30,7 @@ from his.records.catalogue import (
     Drug,
     fold,
     icd10,
+    orderable_service,
     parse_drug_rows,
     seed_drugs,
 )
@@ -40,12 +43,13 @@ from his.records.dosing import (
     quantity,
     unit_matches,
 )
-from his.records.models import CatalogueDrug, Prescription, PrescriptionItem, Signature
+from his.records.models import CatalogueDrug, PerformedOrder, Prescription, PrescriptionItem, Signature
 from his.records.safety import Allergy, PlannedItem, SafetyWarning, check_prescription
 
 WORKLIST_STATUSES = "arrived,triaged,in-progress"
 PRESCRIPTION_VALID_DAYS = 5
 QUEUE_SYSTEM_SUFFIX = "queue-number"
+PERFORMED_TOPIC = "service.performed"
 
 
 @dataclass(frozen=True)
@@ -388,17 +392,30 @@ def resolve_substance(session: Session, substance: str) -> tuple[str, str]:
     )
 
 
-def add_order(session: Session, encounter_id: str, category: str, text: str, actor: Actor) -> str:
+def add_order(
+    session: Session, encounter_id: str, category: str, text: str, actor: Actor, *, service_code: str = ""
+) -> str:
     """Order a lab test, imaging or pathology as a ServiceRequest; return its id.
 
-    Raises ValidationFailed for an unknown category or an empty order, Conflict once signed.
+    With ``service_code`` the order is that catalogue service (its category, coded, so it
+    can be charged once performed) and ``text`` becomes a note; without it, ``text`` is
+    a free-text order of ``category`` (never charged).
+
+    Raises ValidationFailed for an unknown service or category or an empty order,
+    Conflict once signed.
     """
     encounter = ensure_open(session, encounter_id)
     errors = {}
-    if category not in mapping.ORDER_CATEGORIES:
-        errors["category"] = N_("Choose lab, imaging or pathology.")
-    if not text.strip():
-        errors["order"] = N_("Say what is ordered.")
+    service = None
+    if service_code.strip():
+        service = orderable_service(service_code)
+        if service is None:
+            errors["service"] = N_("Choose a service of the list.")
+    else:
+        if category not in mapping.ORDER_CATEGORIES:
+            errors["category"] = N_("Choose lab, imaging or pathology.")
+        if not text.strip():
+            errors["order"] = N_("Say what is ordered.")
     if errors:
         raise ValidationFailed(N_("The order is not complete."), fields=errors)
     resource = mapping.service_request(
@@ -408,8 +425,89 @@ def add_order(session: Session, encounter_id: str, category: str, text: str, act
         encounter_id,
         now_text(),
         practitioner_reference(session, actor),
+        service=service,
+        note=text.strip() if service is not None else "",
     )
     return store.create(session, resource).id
+
+
+@dataclass(frozen=True)
+class Performance:
+    """An order carried out: the Procedure recording it and what billing needs."""
+
+    procedure_id: str
+    order_id: str
+    encounter_id: str
+    patient_id: str
+    item_code: str | None
+    performed_at: str
+
+
+def perform_order(session: Session, encounter_id: str, order_id: str, actor: Actor) -> Performance:
+    """Record that an order was carried out, as a Procedure based on it, and tell billing.
+
+    The signed ServiceRequest is left as it was (performing is not a change of the signed
+    record), so this works before and after signing. A coded order publishes
+    ``service.performed`` with the Procedure's id as ``performed_id``; a free-text order
+    has no price-list code and is not charged.
+
+    Raises NotFound when the order is not one of this encounter's, Conflict when it was
+    already performed or is no longer active.
+    """
+    encounter = load_encounter(session, encounter_id)
+    try:
+        order = store.read(session, "ServiceRequest", order_id).resource
+    except (NotFound, Gone):
+        raise NotFound(N_("This encounter has no such order."), code="ORDER_NOT_FOUND") from None
+    if order.get("encounter", {}).get("reference") != f"Encounter/{encounter_id}":
+        raise NotFound(N_("This encounter has no such order."), code="ORDER_NOT_FOUND")
+    already = N_("This order was already performed.")
+    if session.scalar(select(PerformedOrder.id).where(PerformedOrder.service_request_id == order_id)):
+        raise Conflict(already, code="ORDER_ALREADY_PERFORMED")
+    if order.get("status") != "active":
+        raise Conflict(N_("Only an active order can be performed."), code="ORDER_NOT_ACTIVE")
+    when = now_text()
+    try:
+        with session.begin_nested():
+            procedure = store.create(
+                session,
+                mapping.performed_procedure(order, when, practitioner_reference(session, actor)),
+            )
+            session.add(
+                PerformedOrder(
+                    service_request_id=order_id,
+                    procedure_id=procedure.id,
+                    encounter_id=encounter_id,
+                    performer_id=actor.user_id,
+                    performed_at=datetime.fromisoformat(when),
+                )
+            )
+            session.flush()
+    except IntegrityError:
+        # Someone else marked it at the same moment and committed first.
+        raise Conflict(already, code="ORDER_ALREADY_PERFORMED") from None
+    result = Performance(
+        procedure.id, order_id, encounter_id, encounter.patient_id, mapping.service_code(order), when
+    )
+    if result.item_code is not None:
+        events.publish(
+            PERFORMED_TOPIC,
+            {
+                "performed_id": result.procedure_id,
+                "encounter_id": encounter_id,
+                "patient_id": encounter.patient_id,
+                "item_code": result.item_code,
+                "quantity": 1,
+                "performed_at": when,
+            },
+        )
+    return result
+
+
+def performed_orders(session: Session, encounter_id: str) -> dict[str, PerformedOrder]:
+    """Return the encounter's performed orders by ServiceRequest id."""
+    rows = session.scalars(select(PerformedOrder).where(PerformedOrder.encounter_id == encounter_id))
+    return {row.service_request_id: row for row in rows}
 
 
 def save_note(

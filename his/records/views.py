@@ -29,7 +29,7 @@ from his.openapi import api_doc
 from his.policy import ensure_patient_access
 from his.records import jobs as _jobs  # noqa: F401 - registers the outbox job
 from his.records import pharmacy, services, signatures
-from his.records.catalogue import search_icd10
+from his.records.catalogue import orderable_services, search_icd10
 from his.records.models import OutboxMessage, Prescription, Signature
 from his.records.national import errors_of
 from his.records.services import Actor, DraftLine, DraftPrescription, Vitals
@@ -168,6 +168,9 @@ def _render_encounter(
         message=message,
         form=request.form if request.method == "POST" else {},
         signed=bool(signed),
+        performed=services.performed_orders(session, encounter_id),
+        orderable=orderable_services().values(),
+        locale=_locale(),
     )
     return html, status
 
@@ -257,11 +260,25 @@ def allergies(encounter_id: str) -> tuple[str, int] | BaseResponse:
 @bp.post("/records/encounters/<encounter_id>/orders")
 @roles_required("doctor")
 def orders(encounter_id: str) -> tuple[str, int] | BaseResponse:
-    """Order a lab test, imaging or pathology."""
+    """Order a service of the catalogue, or a lab test, imaging or pathology in free text."""
     category, what = request.form.get("category", ""), request.form.get("order", "")
+    service = request.form.get("service", "")
     return _act(
         encounter_id,
-        lambda: services.add_order(get_session(), encounter_id, category, what, _actor()),
+        lambda: services.add_order(
+            get_session(), encounter_id, category, what, _actor(), service_code=service
+        ),
+        "orders",
+    )
+
+
+@bp.post("/records/encounters/<encounter_id>/orders/<order_id>/performed")
+@roles_required(*CLINICIANS)
+def perform_order(encounter_id: str, order_id: str) -> tuple[str, int] | BaseResponse:
+    """Mark an order performed (also after signing): a Procedure based on it, charged if coded."""
+    return _act(
+        encounter_id,
+        lambda: services.perform_order(get_session(), encounter_id, order_id, _actor()),
         "orders",
     )
 

@@ -475,9 +475,7 @@ def test_the_fhir_api_refuses_to_change_or_delete_a_signed_resource(
     transaction = {
         "resourceType": "Bundle",
         "type": "transaction",
-        "entry": [
-            {"resource": changed, "request": {"method": "PUT", "url": f"Condition/{condition_id}"}}
-        ],
+        "entry": [{"resource": changed, "request": {"method": "PUT", "url": f"Condition/{condition_id}"}}],
     }
     bundle = client.post("/fhir/R4", json=transaction, headers=headers)
     assert bundle.status_code == 409
