@@ -272,3 +272,48 @@ def test_every_dispensing_tells_billing_which_drug_and_how_much_and_a_repeat_cha
         ("VTS0012", Decimal(4), "billable"),
         ("VTS0012", Decimal(6), "billable"),
     ]
+
+
+def test_two_nurses_marking_one_order_at_once_make_one_procedure(
+    app: Flask, make_visit: Callable[..., Visit], make_user: Callable[..., User], doctor: User
+) -> None:
+    import threading
+
+    from his.db import begin_immediate
+    from his.errors import Conflict
+    from his.records import services
+
+    from .conftest import actor_of, unit_of_work
+
+    visit = make_visit()
+    nurses = [make_user("nurse"), make_user("nurse")]
+    with unit_of_work(app) as session:
+        order_id = services.add_order(
+            session, visit.encounter_id, "", "", actor_of(doctor), service_code="XN.HBA1C"
+        )
+    barrier = threading.Barrier(2)
+    outcomes: list[str] = []
+
+    def perform(nurse: User) -> None:
+        with app.app_context(), get_database(app).session_scope() as session:
+            barrier.wait(timeout=10)
+            if session.get_bind().dialect.name == "sqlite":
+                begin_immediate(session)
+            try:
+                services.perform_order(session, visit.encounter_id, order_id, actor_of(nurse))
+                outcomes.append("performed")
+            except Conflict as exc:
+                outcomes.append(exc.code)
+                session.rollback()
+
+    with listening(app, "service.performed") as performed:
+        threads = [threading.Thread(target=perform, args=(n,)) for n in nurses]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+    assert sorted(outcomes) == ["ORDER_ALREADY_PERFORMED", "performed"]
+    assert [e["item_code"] for e in performed] == ["XN.HBA1C"]
+    with app.app_context(), get_database(app).session_scope() as db:
+        procedures = store.search(db, "Procedure", [("patient", f"Patient/{visit.patient_id}")]).matches
+        assert [p.id for p in procedures] == [performed[0]["performed_id"]]
