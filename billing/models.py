@@ -284,3 +284,30 @@ class ClaimSubmission(Base):
     last_error: Mapped[str | None] = mapped_column(String(200), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class Receipt(Base):
+    """The receipt (biên lai thu tiền) of a paid invoice, numbered once and for good.
+
+    ``number`` is ``BL`` + the year it was paid (in the hospital's time zone) + that
+    year's sequence (``BL2026-000123``); a refund or a later payment never renumbers it.
+    """
+
+    __tablename__ = "billing_receipts"
+    __table_args__ = (UniqueConstraint("year", "sequence"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    invoice_id: Mapped[int] = mapped_column(ForeignKey("billing_invoices.id"), unique=True)
+    year: Mapped[int] = mapped_column(Integer)
+    sequence: Mapped[int] = mapped_column(Integer)
+    number: Mapped[str] = mapped_column(String(20), unique=True)
+    issued_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ReceiptCounter(Base):
+    """The last receipt number given in a year, moved on by one atomic update per receipt."""
+
+    __tablename__ = "billing_receipt_counters"
+
+    year: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    last: Mapped[int] = mapped_column(Integer)

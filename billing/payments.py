@@ -41,6 +41,7 @@ from billing.invoices import (
 )
 from billing.models import BankNotification, Payment, Refund
 from billing.outbox import queue_paid_invoice
+from billing.receipts import issue_receipt
 from billing.vietqr import build_payload
 from fhir import services as store
 from his import events
@@ -246,6 +247,8 @@ def _credit(
     invoice.amount_paid = invoice.amount_paid + amount
     settle(invoice)
     session.flush()
+    if invoice.status == "paid":
+        issue_receipt(session, invoice)
     queue_paid_invoice(session, invoice)
     if invoice.invoice_resource_id:
         resource = store.read(session, "Invoice", invoice.invoice_resource_id).resource

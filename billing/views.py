@@ -62,6 +62,7 @@ from billing.payments import (
     verify_signature,
     vietqr_payload,
 )
+from billing.receipts import ReceiptUnavailable, Seller, issue_receipt, receipt_of, render_pdf, sheet_of
 from billing.reports import daily_report as build_daily_report
 from billing.reports import report_csv
 from billing.rules import FacilityLevel
@@ -313,6 +314,7 @@ def _invoice_context(invoice: Invoice) -> dict[str, Any]:
         "payload": payload,
         "note": transfer_note(invoice),
         "coverage": session.get(CoverageRecord, invoice.coverage_id) if invoice.coverage_id else None,
+        "receipt": receipt_of(session, invoice.id) if invoice.status == "paid" else None,
     }
 
 
@@ -518,6 +520,53 @@ def invoice_qr_png(invoice_id: int) -> Response:
 def invoice_qr_svg(invoice_id: int) -> Response:
     """Draw the invoice's VietQR as SVG, for its cashier or its patient."""
     return _qr_response(invoice_id, "svg")
+
+
+def _seller() -> Seller:
+    """Name the hospital on a receipt: the configured seller, else the caller's (or this deployment's) site."""
+    session = get_session()
+    config = current_app.config
+    principal = current_principal()
+    site = session.get(Site, principal.site_id) if principal.site_id else None
+    if site is None:
+        home = current_app.extensions["vetinh.settings"].site_code
+        site = session.scalars(select(Site).where(Site.code == home)).first()
+    return Seller(
+        name=str(config.get("VETINH_EINVOICE_SELLER_NAME") or (site.name if site else "")),
+        tax_code=str(config.get("VETINH_EINVOICE_SELLER_TAX_CODE") or ""),
+        address=str(config.get("VETINH_EINVOICE_SELLER_ADDRESS") or ""),
+        facility_code=(site.facility_code or "") if site else "",
+    )
+
+
+@bp.get("/billing/invoices/<int:invoice_id>/receipt.pdf")
+@login_required
+def receipt_pdf(invoice_id: int) -> Response:
+    """Download the receipt (biên lai thu tiền) of a paid invoice as a PDF (audited).
+
+    The site's cashiers and managers, and the invoice's patient or a linked parent, may
+    download it; anyone else gets 403 (audited). An invoice not paid in full gets 409.
+    The receipt's number is given when the invoice is paid and never changes.
+    """
+    invoice = _invoice_for_viewer(invoice_id)
+    session = get_session()
+    if invoice.status != "paid":
+        audit.record(
+            "read",
+            "Receipt",
+            str(invoice.id),
+            patient_id=invoice.patient_id,
+            outcome="failure",
+            detail="not paid",
+        )
+        raise ReceiptUnavailable()
+    receipt = issue_receipt(session, invoice, zone=_zone())
+    document = render_pdf(current_app, sheet_of(session, invoice, receipt, _seller(), zone=_zone()))
+    audit.record("read", "Receipt", receipt.number, patient_id=invoice.patient_id, detail="pdf")
+    response = Response(document, mimetype="application/pdf")
+    response.headers["Content-Disposition"] = f'attachment; filename="bien-lai-{receipt.number}.pdf"'
+    response.headers["Cache-Control"] = "private, no-store"
+    return response
 
 
 @bp.get("/my/invoices")
