@@ -127,6 +127,11 @@ def _warnings_view(plan: services.Plan | None) -> list[dict[str, Any]]:
     ]
 
 
+def _order_category_labels() -> dict[str, str]:
+    labels = {"lab": _("Laboratory"), "imaging": _("Imaging"), "pathology": _("Pathology")}
+    return {coding["code"]: labels[key] for key, coding in services.mapping.ORDER_CATEGORIES.items()}
+
+
 def _render_encounter(
     encounter_id: str, *, errors: dict[str, str] | None = None, message: str = "", status: int = 200
 ) -> tuple[str, int]:
@@ -171,6 +176,7 @@ def _render_encounter(
         performed=services.performed_orders(session, encounter_id),
         orderable=orderable_services().values(),
         locale=_locale(),
+        category_labels=_order_category_labels(),
     )
     return html, status
 

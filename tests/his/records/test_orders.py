@@ -124,6 +124,8 @@ def test_a_nurse_marks_a_signed_order_performed_once_and_billing_charges_it_once
     login(nurse, "ddlan")
     page = nurse.get(base).get_data(as_text=True)
     assert page.count('data-testid="perform-order"') == 2
+    assert "Chẩn đoán hình ảnh: Chụp X-quang ngực thẳng <code>CDHA.XQNG</code>" in page
+    assert "Đánh dấu đã thực hiện" in page
 
     with listening(app, "service.performed") as performed:
         done = post(nurse, f"{base}/orders/{xray['id']}/performed", {}, base)
