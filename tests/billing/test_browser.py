@@ -1,10 +1,17 @@
-"""The payment story in headless Chromium: the cashier shows the QR, the bank pays, both screens follow."""
+"""The payment story in headless Chromium: the cashier shows the QR, the bank pays, both screens follow.
+
+The patient then downloads the receipt PDF from their own page, and its text is read back with pypdf.
+"""
 
 from __future__ import annotations
+
+import io
+from pathlib import Path
 
 import pytest
 import requests
 from playwright.sync_api import expect
+from pypdf import PdfReader
 
 from billing.payments import sign
 from his.db import get_database
@@ -55,9 +62,27 @@ def test_a_transfer_marks_the_invoice_paid_on_the_cashiers_screen_without_a_relo
 
         expect(desk.get_by_test_id("paid")).to_be_visible(timeout=5000)
         expect(desk.get_by_test_id("vietqr")).to_have_count(0)
+        expect(desk.get_by_test_id("receipt-pdf")).to_be_visible()
         assert desk.evaluate("window.notReloaded") is True
 
         me = _login(browser, base, "benhnhan")
         me.goto(f"{base}/my/invoices/{invoice.id}")
         expect(me.get_by_test_id("receipt")).to_contain_text("192.589")
         expect(me.get_by_test_id("paid")).to_be_visible()
+        link = me.get_by_test_id("receipt-pdf")
+        expect(link).to_contain_text("BL")
+        with me.expect_download() as download:
+            link.click()
+        filename = download.value.suggested_filename
+        pdf = Path(download.value.path()).read_bytes()
+
+    reader = PdfReader(io.BytesIO(pdf))
+    text = " ".join(" ".join(page.extract_text() for page in reader.pages).split())
+    assert "BIÊN LAI THU TIỀN" in text
+    assert "Họ tên người bệnh: Nguyễn Văn An" in text
+    assert "Người bệnh phải trả: 192.589 ₫" in text
+    assert "Bằng chữ: Một trăm chín mươi hai nghìn năm trăm tám mươi chín đồng" in text
+    assert "FT100" in text
+    number = text.split("Số: ")[1].split()[0]
+    assert number.startswith("BL")
+    assert filename == f"bien-lai-{number}.pdf"
