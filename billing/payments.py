@@ -5,7 +5,8 @@ bank transaction id (a unique constraint, so a replay or a concurrent copy finds
 first one and credits nothing), and is credited only when its note names an open
 invoice and its amount is exactly what is owed. Anything else (partial, excess,
 unknown reference, a closed invoice) waits in the cashier's review queue: never lost,
-never credited twice.
+never credited twice. The payment that settles an invoice numbers its receipt
+(``billing.receipts``) in the same transaction.
 
 The notice's JSON (what a bank adapter hands us)::
 
