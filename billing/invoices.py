@@ -24,6 +24,7 @@ from billing.charges import DEFAULT_ZONE, charges_of_encounter, service_day
 from billing.copay import Coverage, InvoiceLine, PriceMissing, split_invoice
 from billing.coverage import active_coverage, to_card
 from billing.models import Charge, Invoice, InvoiceLineRecord
+from billing.receipts import issue_receipt
 from billing.rules import CareSetting, FacilityLevel
 from billing.services import price_on
 from fhir import services as store
@@ -172,6 +173,7 @@ def get_or_create_invoice(session: Session, encounter_id: str, *, zone: ZoneInfo
 def refresh_invoice(session: Session, invoice: Invoice, facility: Facility) -> Invoice:
     """Recompute an invoice from its encounter's charges and the patient's card; update its FHIR Invoice.
 
+    An invoice that this leaves paid (a voided charge may) gets its receipt number.
     Raises CardExpired, InvalidInvoiceLine or NoRuleInForce from the split.
     """
     charges = charges_of_encounter(session, invoice.encounter_id)
@@ -243,6 +245,9 @@ def refresh_invoice(session: Session, invoice: Invoice, facility: Facility) -> I
         ]
     settle(invoice)
     session.flush()
+    if invoice.status == "paid":
+        # A voided charge can leave what was already paid covering the whole bill.
+        issue_receipt(session, invoice)
     _write_fhir_invoice(session, invoice, billable)
     return invoice
 

@@ -3,24 +3,29 @@
 from __future__ import annotations
 
 import io
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
+from decimal import Decimal
 from zoneinfo import ZoneInfo
 
 import pytest
+import requests
 from pypdf import PdfReader
 from sqlalchemy import select
 
-from billing.charges import record_charge
-from billing.invoices import Facility, open_invoice
-from billing.models import Invoice, Receipt
-from billing.payments import record_desk_payment, refund, resolve_review
-from billing.receipts import ReceiptUnavailable, issue_receipt
+from billing.charges import record_charge, void_charge
+from billing.invoices import Facility, open_invoice, refresh_invoice
+from billing.models import Charge, Invoice, Receipt, ReceiptCounter
+from billing.payments import record_desk_payment, refund, resolve_review, sign
+from billing.receipts import ReceiptUnavailable, issue_receipt, receipt_of
 from billing.services import import_prices, read_price_csv
 from his.db import get_database
 from his.models import AuditRecord, PatientLink, User
 from tests.conftest import csrf_token, login
 
-from .conftest import VISIT_AT, notice_body, post_notice
+from .conftest import SECRET, URL, VISIT_AT, notice_body, post_notice
 
 WORDS_192589 = "Bằng chữ: Một trăm chín mươi hai nghìn năm trăm tám mươi chín đồng"
 HANOI = ZoneInfo("Asia/Ho_Chi_Minh")
@@ -252,3 +257,55 @@ def test_receipt_numbers_run_per_year_and_survive_a_refund_and_a_new_payment(
             bill.paid_at = datetime(paid_in, 1, 1, 0, 30, tzinfo=HANOI).astimezone(UTC)
             numbers.append(issue_receipt(session, bill).number)
     assert numbers == [_number(1, year + 1), _number(2, year + 1), _number(2, year)]
+
+
+def test_a_voided_charge_that_leaves_the_bill_paid_numbers_its_receipt(app, invoice):
+    with app.app_context(), get_database(app).session_scope() as session:
+        record_desk_payment(session, invoice.id, channel="cash", amount=100000, cashier="thungan")
+        assert receipt_of(session, invoice.id) is None
+        scan = session.scalars(select(Charge).where(Charge.item_code == "SA01")).one()
+        void_charge(session, scan.id, reason="Không thực hiện", cashier="thungan")
+        bill = refresh_invoice(session, session.get(Invoice, invoice.id), Facility(code="01234"))
+        assert bill.status == "paid"
+        receipt = receipt_of(session, invoice.id)
+        assert receipt is not None
+        assert receipt.number == _number(1)
+
+
+ON_POSTGRES = os.environ.get("VETINH_TEST_BACKEND", "sqlite") == "postgresql"
+
+
+def test_invoices_paid_at_the_same_moment_get_distinct_consecutive_numbers(
+    app, live_server, secret, prices, make_patient, make_encounter
+):
+    count = 16 if ON_POSTGRES else 8
+    references = []
+    for index in range(count):
+        patient = make_patient(name=f"Bệnh nhân {index}")
+        encounter = make_encounter(patient)
+        with app.app_context(), get_database(app).session_scope() as session:
+            record_charge(session, patient, encounter, "XN01", 1, VISIT_AT, f"x{index}")
+            bill = open_invoice(session, encounter, Facility(code="01234"))
+            assert bill.amount_due == Decimal(46200)
+            references.append(bill.reference)
+    start = threading.Barrier(count)
+
+    def pay(index: int) -> str:
+        body = notice_body(f"FT-RUSH-{index}", 46200, f"VIENPHI {references[index]}")
+        with requests.Session() as http:
+            start.wait()
+            answer = http.post(
+                live_server.url + URL,
+                data=body,
+                headers={"Content-Type": "application/json", "X-Signature": sign(body, SECRET)},
+                timeout=120,
+            )
+        return str(answer.json()["status"])
+
+    with ThreadPoolExecutor(max_workers=count) as pool:
+        assert list(pool.map(pay, range(count))) == ["credited"] * count
+    with get_database(app).session_scope() as session:
+        numbers = sorted(session.scalars(select(Receipt.number)))
+        last = session.scalars(select(ReceiptCounter.last)).one()
+    assert numbers == [_number(sequence) for sequence in range(1, count + 1)]
+    assert last == count
