@@ -198,6 +198,8 @@ def test_the_cashier_screen_links_the_receipt_once_paid(app, client, make_user, 
     page = client.get(f"/billing/invoices/{invoice.id}").get_data(as_text=True)
     assert f'href="/billing/invoices/{invoice.id}/receipt.pdf"' in page
     assert _number(1) in page
+    listing = client.get("/billing").get_data(as_text=True)
+    assert f'href="/billing/invoices/{invoice.id}/receipt.pdf"' in listing
     text = _text(client.get(f"/billing/invoices/{invoice.id}/receipt.pdf").data)
     assert "Thẻ · 192.589 ₫" in text
     assert "mã giao dịch thẻ: POS-77" in text
