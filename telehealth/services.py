@@ -299,6 +299,8 @@ def create_visit_room(
     patient_name = _patient_name(session, patient_id)
     if appointment_id is not None:
         store.read(session, "Appointment", appointment_id)
+        if session.scalar(select(Room.id).where(Room.appointment_id == appointment_id)) is not None:
+            raise Conflict(N_("This appointment already has a video call."), code="CALL_APPOINTMENT_HAS_ROOM")
     room = _new_room(
         session,
         kind="visit",
@@ -587,9 +589,11 @@ def participant_for_token(
         raise CallLinkExpired()
     if principal is not None and principal.is_authenticated and principal.kind == "user":
         other_user = participant.user_id is not None and principal.user_id != participant.user_id
-        other_patient = principal.role == "patient" and participant.patient_id not in (
-            None,
-            principal.patient_id,
+        other_patient = (
+            principal.role == "patient"
+            and participant.patient_id is not None
+            and participant.patient_id != principal.patient_id
+            and participant.user_id != principal.user_id
         )
         if other_user or other_patient:
             audit.record(
@@ -872,6 +876,10 @@ class Signal:
     to: int
     sdp: str | None = None
     candidate: dict[str, Any] | None = None
+    ref: str | None = None
+
+
+_SIGNAL_REF = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
 def parse_signal(body: Any) -> Signal:
@@ -879,7 +887,8 @@ def parse_signal(body: Any) -> Signal:
 
     Raises ValidationFailed naming the field for anything but an offer or answer with an
     SDP, or an ICE candidate (``null`` marks the end of candidates), addressed to a
-    participant id.
+    participant id. ``ref``, optional, names the connection and offer a message belongs
+    to, so that a page can tell a stale answer or candidate from a current one.
     """
     if not isinstance(body, dict):
         raise _bad_signal("type", N_("Send a JSON object."))
@@ -889,14 +898,17 @@ def parse_signal(body: Any) -> Signal:
     to = body.get("to")
     if not isinstance(to, int) or isinstance(to, bool) or to <= 0:
         raise _bad_signal("to", N_("Name the participant this message is for."))
+    ref = body.get("ref")
+    if ref is not None and (not isinstance(ref, str) or not _SIGNAL_REF.match(ref)):
+        raise _bad_signal("ref", N_("Use up to 64 letters, digits, dots, dashes or underscores."))
     if kind in ("offer", "answer"):
         sdp = body.get("sdp")
         if not isinstance(sdp, str) or not sdp.startswith("v=0") or len(sdp) > MAX_SDP_CHARS:
             raise _bad_signal("sdp", N_("This is not a session description."))
-        return Signal(kind, to, sdp=sdp)
+        return Signal(kind, to, sdp=sdp, ref=ref)
     candidate = body.get("candidate")
     if candidate is None:
-        return Signal(kind, to, candidate=None)
+        return Signal(kind, to, candidate=None, ref=ref)
     if not isinstance(candidate, dict):
         raise _bad_signal("candidate", N_("This is not an ICE candidate."))
     line = candidate.get("candidate")
@@ -910,7 +922,7 @@ def parse_signal(body: Any) -> Signal:
         or not (index is None or (isinstance(index, int) and not isinstance(index, bool) and 0 <= index < 64))
     ):
         raise _bad_signal("candidate", N_("This is not an ICE candidate."))
-    return Signal(kind, to, candidate={"candidate": line, "sdpMid": mid, "sdpMLineIndex": index})
+    return Signal(kind, to, candidate={"candidate": line, "sdpMid": mid, "sdpMLineIndex": index}, ref=ref)
 
 
 def relay_signal(session: Session, sender: Participant, room: Room, signal: Signal) -> None:
@@ -938,6 +950,8 @@ def relay_signal(session: Session, sender: Participant, room: Room, signal: Sign
         data["sdp"] = signal.sdp
     if signal.kind == "candidate":
         data["candidate"] = signal.candidate
+    if signal.ref is not None:
+        data["ref"] = signal.ref
     publish(participant_topic(target.id), data)
 
 

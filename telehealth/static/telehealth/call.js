@@ -394,10 +394,16 @@
     return { figure, video };
   }
 
-  function makePeer(info, offerer) {
+  // Every connection has its own id; an offer is "<connection>.<serial>" and its answer
+  // carries the same ref, so answers and candidates of a replaced offer or connection
+  // (queued while the network was down) are told apart and dropped.
+  const newConnectionId = () => Math.random().toString(36).slice(2, 12);
+  const connectionOf = (ref) => (ref || "").split(".")[0];
+
+  function makePeer(info, offerer, conn) {
     const pc = new RTCPeerConnection({ iceServers });
     const { figure, video } = remoteFigure(info);
-    const entry = { id: info.id, name: info.name, pc, offerer, figure, video, pending: [], sending: Promise.resolve(), attempts: 0, recovery: null, remote: new MediaStream() };
+    const entry = { id: info.id, name: info.name, pc, offerer, figure, video, pending: [], sending: Promise.resolve(), attempts: 0, recovery: null, remote: new MediaStream(), conn: conn || newConnectionId(), serial: 0, expected: null };
     peers.set(info.id, entry);
     if (localStream && localStream.getTracks().length) {
       for (const track of localStream.getTracks()) {
@@ -408,7 +414,8 @@
       if (!pc.getSenders().some((s) => s.track && s.track.kind === kind)) pc.addTransceiver(kind, { direction: "recvonly" });
     }
     pc.onicecandidate = (event) => {
-      send(entry, { type: "candidate", candidate: event.candidate ? event.candidate.toJSON() : null });
+      if (peers.get(entry.id) !== entry) return;
+      send(entry, { type: "candidate", ref: entry.conn, candidate: event.candidate ? event.candidate.toJSON() : null });
     };
     pc.ontrack = (event) => {
       entry.remote.addTrack(event.track);
@@ -416,7 +423,9 @@
       video.play().catch(() => {});
     };
     pc.oniceconnectionstatechange = () => watch(entry);
-    for (const candidate of earlyCandidates.get(info.id) || []) entry.pending.push(candidate);
+    for (const early of earlyCandidates.get(info.id) || []) {
+      if (!early.ref || connectionOf(early.ref) === entry.conn) entry.pending.push(early.candidate);
+    }
     earlyCandidates.delete(info.id);
     return entry;
   }
@@ -430,9 +439,15 @@
   }
 
   async function offer(entry, iceRestart = false) {
+    if (entry.pc.signalingState === "have-local-offer") {
+      // The last offer went unanswered (the peer was unreachable): start over from stable.
+      await entry.pc.setLocalDescription({ type: "rollback" });
+    }
     const description = await entry.pc.createOffer({ iceRestart });
     await entry.pc.setLocalDescription(description);
-    await send(entry, { type: "offer", sdp: entry.pc.localDescription.sdp });
+    entry.serial += 1;
+    entry.expected = `${entry.conn}.${entry.serial}`;
+    await send(entry, { type: "offer", ref: entry.expected, sdp: entry.pc.localDescription.sdp });
   }
 
   async function addCandidates(entry) {
@@ -449,28 +464,34 @@
   async function handleSignal(message) {
     if (!inCall) return;
     let entry = peers.get(message.from);
+    const conn = connectionOf(message.ref);
     if (message.kind === "offer") {
-      if (entry && entry.pc.remoteDescription && fingerprint(entry.pc.remoteDescription.sdp) !== fingerprint(message.sdp)) {
+      const replaced = conn
+        ? entry && entry.conn !== conn
+        : entry && entry.pc.remoteDescription && fingerprint(entry.pc.remoteDescription.sdp) !== fingerprint(message.sdp);
+      if (replaced) {
         // A new connection from a peer that gave up on the old one.
         closePeer(entry.id);
         entry = null;
       }
-      if (!entry) entry = makePeer({ id: message.from, name: message.name }, false);
+      if (!entry) entry = makePeer({ id: message.from, name: message.name }, false, conn);
       await entry.pc.setRemoteDescription({ type: "offer", sdp: message.sdp });
       await addCandidates(entry);
       await entry.pc.setLocalDescription(await entry.pc.createAnswer());
-      await send(entry, { type: "answer", sdp: entry.pc.localDescription.sdp });
+      await send(entry, { type: "answer", ref: message.ref, sdp: entry.pc.localDescription.sdp });
     } else if (message.kind === "answer") {
       if (!entry || entry.pc.signalingState !== "have-local-offer") return;
+      if (message.ref && message.ref !== entry.expected) return; // the answer to an offer since replaced
       await entry.pc.setRemoteDescription({ type: "answer", sdp: message.sdp });
       await addCandidates(entry);
     } else if (message.kind === "candidate") {
       if (!entry) {
         const early = earlyCandidates.get(message.from) || [];
-        early.push(message.candidate);
+        early.push({ ref: message.ref, candidate: message.candidate });
         earlyCandidates.set(message.from, early);
         return;
       }
+      if (conn && conn !== entry.conn) return; // a candidate of a connection since replaced
       entry.pending.push(message.candidate);
       if (entry.pc.remoteDescription) await addCandidates(entry);
     }
@@ -507,21 +528,28 @@
     if (!peers.has(entry.id) || ["connected", "completed"].includes(entry.pc.iceConnectionState)) return;
     entry.attempts += 1;
     try {
-      iceServers = (await api("ice")).ice_servers;
+      // Fresh TURN credentials, unless the server is out of reach too: then the old ones.
+      const fresh = await Promise.race([api("ice"), sleep(3000).then(() => null)]);
+      if (fresh) iceServers = fresh.ice_servers;
     } catch (error) {
       if (error.status === 403 || error.status === 410) return stopWith(explain(error));
     }
+    if (!peers.has(entry.id)) return;
     if (entry.attempts <= 2) {
-      entry.pc.setConfiguration({ iceServers });
-      await offer(entry, true).catch(console.warn);
+      try {
+        entry.pc.setConfiguration({ ...entry.pc.getConfiguration(), iceServers });
+      } catch (error) {
+        console.warn("ice servers", error);
+      }
       entry.recovery = setTimeout(() => recover(entry), 6000);
+      await offer(entry, true).catch(console.warn);
     } else {
       const info = { id: entry.id, name: entry.name };
       closePeer(entry.id);
       const fresh = makePeer(info, true);
-      await offer(fresh).catch(console.warn);
-      fresh.recovery = setTimeout(() => recover(fresh), 10000);
       fresh.attempts = entry.attempts;
+      fresh.recovery = setTimeout(() => recover(fresh), 10000);
+      await offer(fresh).catch(console.warn);
     }
   }
 
