@@ -6,9 +6,12 @@ Errors come back as OperationOutcome issues whose ``expression`` names the eleme
 
 from __future__ import annotations
 
+import typing
+from collections.abc import Iterable
 from functools import cache
 from typing import Any
 
+from fhir_core.types import FhirBase
 from pydantic import ValidationError
 
 from fhir.resources.R4B import fhirtypes, get_fhir_model_class
@@ -54,6 +57,38 @@ def summary_elements(resource_type: str) -> frozenset[str]:
         if extra.get("summary_element_property"):
             names.add(field.alias or name)
     return frozenset(names)
+
+
+def preload_models(resource_types: Iterable[str]) -> int:
+    """Import the models of ``resource_types`` and of every element type they contain.
+
+    fhir.resources imports a model, and builds its validator, the first time a resource
+    or element of that type is validated, which makes the first writes a process sees
+    several times slower than the rest. Returns how many models are loaded; raises
+    KeyError for an unknown type.
+    """
+    loaded: set[type] = set()
+    pending = [get_fhir_model_class(name) for name in resource_types]
+    while pending:
+        model = pending.pop()
+        if model in loaded:
+            continue
+        loaded.add(model)
+        for field in model.model_fields.values():
+            pending.extend(element.get_model_klass() for element in _element_types(field.annotation))
+    return len(loaded)
+
+
+def _element_types(annotation: Any) -> Iterable[Any]:
+    """Yield the fhir.resources lazy element types inside a field annotation."""
+    if (
+        isinstance(annotation, type)
+        and issubclass(annotation, FhirBase)
+        and hasattr(annotation, "_model_klass")
+    ):
+        yield annotation
+    for argument in typing.get_args(annotation):
+        yield from _element_types(argument)
 
 
 def validate_resource(resource: Any, prefix: str | None = None) -> list[dict[str, Any]]:
