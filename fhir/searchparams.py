@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from functools import cache
 from typing import Any
 
 KINDS = ("string", "token", "date", "number", "quantity", "reference", "uri")
@@ -559,14 +560,26 @@ _PARAMS_BY_TYPE: dict[str, dict[str, SearchParam]] = {
 _SEGMENT = re.compile(r"^(?P<name>[A-Za-z]+)(?P<choice>\[x\])?(?:\((?P<key>\w+)=(?P<val>[^)]*)\))?$")
 
 
-def walk(resource: Any, path: str) -> Iterator[Any]:
-    """Yield every value found at ``path`` in ``resource``, flattening lists on the way."""
-    current: list[Any] = [resource]
+@cache
+def _compile_path(path: str) -> tuple[tuple[str, bool, str | None, str | None], ...]:
+    """Parse a dotted path once into (name, is_choice, filter key, filter value) steps.
+
+    Raises ValueError for a segment the notation does not allow.
+    """
+    steps = []
     for segment in path.split("."):
         match = _SEGMENT.match(segment)
         if match is None:
             raise ValueError(f"bad search path segment {segment!r}")
         name, choice, key, val = match.group("name", "choice", "key", "val")
+        steps.append((name, bool(choice), key, val))
+    return tuple(steps)
+
+
+def walk(resource: Any, path: str) -> Iterator[Any]:
+    """Yield every value found at ``path`` in ``resource``, flattening lists on the way."""
+    current: list[Any] = [resource]
+    for name, choice, key, val in _compile_path(path):
         found: list[Any] = []
         for node in current:
             if not isinstance(node, dict):
@@ -577,14 +590,20 @@ def walk(resource: Any, path: str) -> Iterator[Any]:
                     for k, v in node.items()
                     if k.startswith(name) and k[len(name) : len(name) + 1].isupper()
                 ]
+            elif name in node:
+                values = [node[name]]
             else:
-                values = [node[name]] if name in node else []
+                continue
             for value in values:
-                items = value if isinstance(value, list) else [value]
-                for item in items:
-                    if key is not None and not (isinstance(item, dict) and item.get(key) == val):
-                        continue
-                    found.append(item)
+                if isinstance(value, list):
+                    if key is None:
+                        found.extend(value)
+                    else:
+                        found.extend(i for i in value if isinstance(i, dict) and i.get(key) == val)
+                elif key is None or (isinstance(value, dict) and value.get(key) == val):
+                    found.append(value)
+        if not found:
+            return
         current = found
     yield from current
 
