@@ -28,7 +28,8 @@ class Room(Base):
     kind: Mapped[str] = mapped_column(String(20))
     site_id: Mapped[int] = mapped_column(ForeignKey("sites.id"), index=True)
     patient_id: Mapped[str | None] = mapped_column(String(64), index=True)
-    appointment_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    # One room per video Appointment: two people opening the visit at once share it.
+    appointment_id: Mapped[str | None] = mapped_column(String(64), index=True, unique=True)
     service_request_id: Mapped[str | None] = mapped_column(String(64), index=True)
     encounter_id: Mapped[str | None] = mapped_column(String(64))
     planned_start: Mapped[datetime] = mapped_column(DateTime(timezone=True))

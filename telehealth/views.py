@@ -515,6 +515,11 @@ def call_events() -> Response:
             "to": {"type": "integer"},
             "sdp": {"type": "string"},
             "candidate": {"type": "object", "nullable": True},
+            "ref": {
+                "type": "string",
+                "maxLength": 64,
+                "description": "which connection and offer the message belongs to; relayed as is",
+            },
         },
     },
     responses={202: None, 403: None, 410: None, 415: None, 422: None},
@@ -907,6 +912,31 @@ def enter_room(room_id: str) -> BaseResponse:
     room = services.get_room(session, room_id)
     invitation = services.reissue_own_link(session, current_principal(), room)
     return redirect(url_for("telehealth.call_page") + "#" + invitation.token)
+
+
+@bp.route("/telehealth/appointments/<appointment_id>", methods=["GET", "POST"])
+@login_required
+def appointment_call(appointment_id: str) -> BaseResponse | str:
+    """Open the video visit booked as this Appointment (the link booking's pages give).
+
+    GET shows the visit with a button; its POST gets or creates the visit's one room,
+    gives the caller their own fresh link and opens the call page with it. Unknown or
+    non-video appointments are 404, someone else's 403 (audited), a cancelled or
+    finished booking 410.
+    """
+    from telehealth import appointments
+
+    session = get_session()
+    principal = current_principal()
+    visit = appointments.find_video_visit(session, appointment_id)
+    side = appointments.caller_side(session, principal, visit)
+    appointments.ensure_bookable(visit)
+    if request.method == "GET":
+        audit.record("read", "Appointment", visit.appointment_id, patient_id=visit.patient_id)
+        return render_template("telehealth/appointment.html", visit=visit, staff=side == "staff")
+    room = appointments.visit_room(session, principal, visit, side)
+    invitation = services.reissue_own_link(session, principal, room)
+    return redirect(url_for("telehealth.call_page") + "#" + invitation.token, code=303)
 
 
 @bp.cli.command("media")
