@@ -285,6 +285,21 @@ def test_a_cancelled_video_visit_says_so(app: Flask, people: CallPeople) -> None
     assert _rooms_of(app, visit.appointment_id) == []
 
 
+def test_a_video_visit_the_patient_never_came_to_is_over(
+    app: Flask, people: CallPeople, visit: VideoVisitBooking
+) -> None:
+    patient = _logged_in(app, people.patient_user.username)
+    _open(patient, visit.appointment_id)
+    with app.app_context(), get_database(app).session_scope() as session:
+        released = booking.release_no_shows(session, now=datetime.now(ZONE) + timedelta(days=1))
+
+    page = patient.get(f"/telehealth/appointments/{visit.appointment_id}")
+
+    assert released == 1
+    assert page.status_code == 410
+    assert "Buổi khám video này đã kết thúc." in page.get_data(as_text=True)
+
+
 def test_without_a_session_doctor_the_first_doctor_of_the_site_to_open_it_hosts(
     app: Flask, people: CallPeople, make_user: Callable[..., User]
 ) -> None:
