@@ -20,7 +20,10 @@ DEMO_CLINICS = (
     ("DIST", "NHI", "Khoa Nhi", "PKNHI2", "Phòng khám Nhi 2", "Phòng khám 2", "alternate"),
     ("DIST", "NOI", "Khoa Nội", "PKNOI3", "Phòng khám Nội 3", "Phòng khám 3", "split"),
     ("CENT", "NHI", "Khoa Nhi", "PKNHI5", "Phòng khám Nhi 5", "Phòng khám 5", "split"),
+    # Seen by video call (telehealth): every session of this clinic is a video session.
+    ("DIST", "NOI", "Khoa Nội", "PKTX1", "Phòng khám Nội từ xa", "Khám trực tuyến", "split"),
 )
+VIDEO_CLINICS = {"PKTX1"}
 MORNING = (time(7, 0), time(11, 30))
 AFTERNOON = (time(13, 30), time(16, 30))
 DEMO_DAYS = 7
@@ -32,7 +35,7 @@ def _zone() -> ZoneInfo:
 
 
 def load_demo(session: Session, sites: dict[str, Site]) -> None:
-    """Create the demo clinics with Monday-to-Saturday timetables and a week of sessions."""
+    """Create the demo clinics (one seen by video call) with Monday-to-Saturday timetables and a week of sessions."""
     departments = {}
     zone = _zone()
     for site_code, dep_code, dep_name, code, name, room, numbering in DEMO_CLINICS:
@@ -63,6 +66,7 @@ def load_demo(session: Session, sites: dict[str, Site]) -> None:
                     starts=starts,
                     ends=ends,
                     doctor_id=doctor.id if doctor else None,
+                    video=code in VIDEO_CLINICS,
                 )
     today = datetime.now(zone).date()
     # New Year's Day as an example of a holiday that no template overrides.

@@ -12,6 +12,8 @@ DEPARTMENT_SYSTEM = "urn:vetinh:booking:department"
 SESSION_SYSTEM = "urn:vetinh:booking:session"
 ENCOUNTER_CLASS_SYSTEM = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
 PART_LABELS = {"morning": "Sáng", "afternoon": "Chiều"}
+# A video visit's Appointment says so in its appointmentType (v3 ActCode VR: virtual).
+VIRTUAL_CODING = {"system": ENCOUNTER_CLASS_SYSTEM, "code": "VR", "display": "virtual"}
 
 
 def instant(moment: datetime) -> str:
@@ -122,8 +124,12 @@ def appointment(
     minutes_per_patient: int,
     created_at: datetime,
     channel: str,
+    video: bool = False,
 ) -> dict[str, Any]:
-    """Describe a booking as an Appointment whose identifier is the queue number."""
+    """Describe a booking as an Appointment whose identifier is the queue number.
+
+    A booking in a video session carries the ``VR`` (virtual) code in its appointmentType.
+    """
     participants: list[dict[str, Any]] = [
         {"actor": {"reference": f"Patient/{patient_id}"}, "required": "required", "status": "accepted"}
     ]
@@ -146,7 +152,10 @@ def appointment(
             {"system": BOOKING_SYSTEM, "value": str(booking_id)},
         ],
         "status": status,
-        "appointmentType": {"text": "walk-in" if channel == "walkin" else "online"},
+        "appointmentType": {
+            **({"coding": [dict(VIRTUAL_CODING)]} if video else {}),
+            "text": "walk-in" if channel == "walkin" else "online",
+        },
         "description": f"{clinic_name} · số {queue_number}",
         "start": instant(estimated_call_at),
         "minutesDuration": max(1, minutes_per_patient),

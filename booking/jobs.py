@@ -76,11 +76,19 @@ def _reminder_text(booking: Booking, when: datetime, zone: ZoneInfo, kind: str) 
             subject = _("Your number %(number)s will be called soon", **values)
         else:
             subject = _("Booking confirmed: number %(number)s", **values)
-        body = _(
-            "Your queue number is %(number)s at %(clinic)s (%(room)s). "
-            "Estimated call time: %(time)s on %(date)s. Show the QR code of your booking at the desk.",
-            **values,
-        )
+        if booking.session.video and booking.appointment_id:
+            body = _(
+                "Your video visit number is %(number)s at %(clinic)s. "
+                "Estimated call time: %(time)s on %(date)s. Join the video visit at %(link)s",
+                link=services.video_link(booking.appointment_id),
+                **values,
+            )
+        else:
+            body = _(
+                "Your queue number is %(number)s at %(clinic)s (%(room)s). "
+                "Estimated call time: %(time)s on %(date)s. Show the QR code of your booking at the desk.",
+                **values,
+            )
     return subject, body
 
 

@@ -16,6 +16,7 @@ from sqlalchemy import (
     Text,
     Time,
     UniqueConstraint,
+    false,
     text,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
@@ -93,6 +94,8 @@ class WeeklyTemplate(Base):
     online_capacity: Mapped[int | None] = mapped_column(Integer)
     walkin_capacity: Mapped[int | None] = mapped_column(Integer)
     minutes_per_patient: Mapped[int | None] = mapped_column(Integer)
+    # A video template's sessions are seen by video call (telehealth), not in the room.
+    video: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     active: Mapped[bool] = mapped_column(Boolean, default=True)
 
 
@@ -134,6 +137,8 @@ class ClinicSession(Base):
     walkin_step: Mapped[int] = mapped_column(Integer)
     walkin_capacity: Mapped[int] = mapped_column(Integer)
     status: Mapped[str] = mapped_column(String(20), default="open")
+    # A video session's patients are seen by video call: no check-in at the desk is needed.
+    video: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     template_id: Mapped[int | None] = mapped_column(
         ForeignKey("booking_weekly_templates.id", ondelete="SET NULL")
     )
@@ -191,7 +196,7 @@ class Booking(Base):
     request_fingerprint: Mapped[str | None] = mapped_column(String(64))
     booked_by: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     estimated_call_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    appointment_id: Mapped[str | None] = mapped_column(String(64))
+    appointment_id: Mapped[str | None] = mapped_column(String(64), index=True)
     encounter_id: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     cancelled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

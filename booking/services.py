@@ -176,8 +176,9 @@ def create_session(
     walkin_capacity: int | None = None,
     minutes_per_patient: int | None = None,
     template_id: int | None = None,
+    video: bool = False,
 ) -> ClinicSession:
-    """Open a clinic session with its counter, Schedule and Slot.
+    """Open a clinic session with its counter, Schedule and Slot; ``video`` for a video session.
 
     Raises ValidationFailed (bad part, times or capacities) and Conflict when the clinic
     already has a session that day and part.
@@ -213,6 +214,7 @@ def create_session(
         minutes_per_patient=minutes,
         template_id=template_id,
         status="open",
+        video=bool(video),
         **ranges,
     )
     session.add(row)
@@ -255,8 +257,12 @@ def add_weekly_template(
     online_capacity: int | None = None,
     walkin_capacity: int | None = None,
     minutes_per_patient: int | None = None,
+    video: bool = False,
 ) -> WeeklyTemplate:
-    """Add a recurring session to a clinic's week. Raises ValidationFailed for bad values."""
+    """Add a recurring session (``video`` for a video one) to a clinic's week.
+
+    Raises ValidationFailed for bad values.
+    """
     if not 0 <= weekday <= 6:
         raise ValidationFailed(fields={"weekday": N_("Use 0 (Monday) to 6 (Sunday).")})
     if part not in PARTS:
@@ -273,6 +279,7 @@ def add_weekly_template(
         online_capacity=online_capacity,
         walkin_capacity=walkin_capacity,
         minutes_per_patient=minutes_per_patient,
+        video=bool(video),
         active=True,
     )
     session.add(template)
@@ -335,6 +342,7 @@ def generate_sessions(session: Session, *, today: date, days: int, zone: ZoneInf
                     walkin_capacity=template.walkin_capacity,
                     minutes_per_patient=template.minutes_per_patient,
                     template_id=template.id,
+                    video=template.video,
                 )
             )
     return created
@@ -422,6 +430,7 @@ def session_summary(
         "ends_at": fhir_mapping.instant(_aware(clinic_session.ends_at)),
         "doctor": doctor.full_name if doctor else None,
         "status": clinic_session.status,
+        "video": clinic_session.video,
         "minutes_per_patient": clinic_session.minutes_per_patient,
         "online_capacity": clinic_session.online_capacity,
         "walkin_capacity": clinic_session.walkin_capacity,
@@ -697,6 +706,7 @@ def _after_booking(session: Session, clinic_session: ClinicSession, booking: Boo
             minutes_per_patient=clinic_session.minutes_per_patient,
             created_at=_aware(booking.created_at),
             channel=booking.channel,
+            video=clinic_session.video,
         ),
         check_references=False,
     )
@@ -1143,10 +1153,51 @@ def queue_position(session: Session, booking: Booking, now: datetime | None = No
     return QueuePosition(ahead, base + timedelta(minutes=expected_ahead * minutes), serving_number)
 
 
+def video_link(appointment_id: str) -> str:
+    """Return the path where a video visit is joined (served by the telehealth context)."""
+    return f"/telehealth/appointments/{appointment_id}"
+
+
+@dataclass(frozen=True)
+class VideoVisit:
+    """A booking in a video session, as the telehealth context needs it to open the call."""
+
+    booking_id: int
+    appointment_id: str  # FHIR Appointment id
+    patient_id: str  # FHIR Patient id
+    doctor_user_id: int | None  # the session's doctor
+    site_id: int
+    clinic_name: str
+    planned_start: datetime  # aware UTC: the booking's estimated call time
+    duration_minutes: int  # the session's minutes per patient
+    status: str  # the booking's status (booked, arrived, called, done, cancelled, no_show, ...)
+
+
+def video_visit(session: Session, appointment_id: str) -> VideoVisit | None:
+    """Return the video visit booked as this Appointment; None when there is none or it is not video."""
+    booking = session.scalar(select(Booking).where(Booking.appointment_id == str(appointment_id)).limit(1))
+    if booking is None or not booking.session.video or not booking.appointment_id:
+        return None
+    clinic_session = booking.session
+    return VideoVisit(
+        booking_id=booking.id,
+        appointment_id=booking.appointment_id,
+        patient_id=booking.patient_id,
+        doctor_user_id=clinic_session.doctor_id,
+        site_id=clinic_session.clinic.site_id,
+        clinic_name=clinic_session.clinic.name,
+        planned_start=_aware(booking.estimated_call_at),
+        duration_minutes=clinic_session.minutes_per_patient,
+        status=booking.status,
+    )
+
+
 def booking_view(
     session: Session, booking: Booking, *, secret: str, now: datetime | None = None, live: bool = True
 ) -> dict[str, Any]:
-    """Describe a booking for its owner: number, times, live position, check-in code.
+    """Describe a booking for its owner: number, times, live position, check-in code or video link.
+
+    A video visit has no check-in code (nobody comes to the desk) but the link to join the call.
 
     ``live=False`` (a booking just made) skips the position queries and gives the planned time.
     """
@@ -1167,7 +1218,15 @@ def booking_view(
         "planned_call_time": fhir_mapping.instant(_aware(booking.estimated_call_at)),
         "ahead": position.ahead,
         "now_serving": position.serving,
-        "checkin_code": checkin_code(secret, booking.id) if booking.status in ACTIVE_STATUSES else None,
+        "checkin_code": (
+            checkin_code(secret, booking.id)
+            if booking.status in ACTIVE_STATUSES and not clinic_session.video
+            else None
+        ),
+        "video": clinic_session.video,
+        "video_link": (
+            video_link(booking.appointment_id) if clinic_session.video and booking.appointment_id else None
+        ),
         "patient_id": booking.patient_id,
         "session": {
             "id": clinic_session.id,

@@ -373,10 +373,19 @@ def console_list() -> str:
 @bp.get("/booking/console/<int:session_id>")
 @roles_required("doctor", "nurse")
 def console(session_id: int) -> str:
-    """Run a session's queue: call next, recall, skip, done."""
+    """Run a session's queue: call next, recall, skip, done; a video session lists its visits' links."""
     clinic_session = api.staff_session(current_principal(), session_id)
+    video_bookings = (
+        services.waiting(get_session(), clinic_session.id, arrived_only=False)
+        + ([serving] if (serving := services.current_call(get_session(), clinic_session.id)) else [])
+        if clinic_session.video
+        else []
+    )
     return render_template(
-        "booking/console.html", clinic_session=clinic_session, queue=api.queue_state(clinic_session)
+        "booking/console.html",
+        clinic_session=clinic_session,
+        queue=api.queue_state(clinic_session),
+        video_bookings=sorted(video_bookings, key=lambda b: (b.sort_key, b.queue_number)),
     )
 
 

@@ -75,6 +75,7 @@ def make_session(app: Flask) -> Callable[..., int]:
         walkin: int = 5,
         minutes: int = 5,
         doctor_id: int | None = None,
+        video: bool = False,
     ) -> int:
         with app.app_context(), get_database(app).session_scope() as session:
             row = services.create_session(
@@ -89,6 +90,7 @@ def make_session(app: Flask) -> Callable[..., int]:
                 online_capacity=online,
                 walkin_capacity=walkin,
                 minutes_per_patient=minutes,
+                video=video,
             )
             return row.id
 

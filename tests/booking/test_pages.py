@@ -98,7 +98,27 @@ def test_demo_data_has_clinics_and_sessions_for_the_coming_days(app, sites, make
     with app.app_context(), get_database(app).session_scope() as session:
         load_demo(session, {code: session.merge(site) for code, site in sites.items()})
     with get_database(app).session_scope() as session:
-        assert session.scalar(select(func.count()).select_from(Clinic)) == 4
+        assert session.scalar(select(func.count()).select_from(Clinic)) == 5
+        # One clinic of the district site is seen by video call, and so are all its sessions.
+        video_clinics = (
+            session.scalars(
+                select(Clinic)
+                .join(ClinicSession, ClinicSession.clinic_id == Clinic.id)
+                .where(ClinicSession.video)
+            )
+            .unique()
+            .all()
+        )
+        assert [(c.code, c.site.code) for c in video_clinics] == [("PKTX1", "DIST")]
+        assert session.scalar(
+            select(func.count())
+            .select_from(ClinicSession)
+            .where(ClinicSession.clinic_id == video_clinics[0].id)
+        ) == session.scalar(
+            select(func.count())
+            .select_from(ClinicSession)
+            .where(ClinicSession.clinic_id == video_clinics[0].id, ClinicSession.video)
+        )
         days = set(session.scalars(select(ClinicSession.day)))
         # Six working days a week, two sessions a day, over the coming week.
         assert len(days) >= 5
