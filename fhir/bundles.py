@@ -122,13 +122,22 @@ def _parse_entry(index: int, raw: Any) -> _Entry:
     )
 
 
-def process(
-    session: Session, bundle: Mapping[str, Any] | str | bytes, *, check_references: bool = True
-) -> BundleResult:
-    """Process a batch or transaction Bundle and return its response entries.
+@dataclass
+class PreparedBundle:
+    """Hold a Bundle parsed and validated, before anything touches the database."""
 
-    Raises BadRequest for a Bundle that is neither, and (transactions only) the error of
-    the first failing entry, named ``Bundle.entry[i]``.
+    type: str
+    raw_entries: list[Any]
+    entries: list[_Entry | VetinhError]
+    issues: dict[int, list[dict[str, Any]]]
+
+
+def prepare(bundle: Mapping[str, Any] | str | bytes) -> PreparedBundle:
+    """Parse a batch or transaction Bundle's entries and validate their resources.
+
+    Pure work, no session: a caller can do it before taking a database lock. Invalid
+    entries are kept with their issues for ``process`` to report as it always did.
+    Raises BadRequest for a Bundle that is neither a batch nor a transaction.
     """
     parsed, _ = services._parse(bundle)
     if parsed.get("resourceType") != "Bundle":
@@ -142,9 +151,46 @@ def process(
     raw_entries = parsed.get("entry") or []
     if not isinstance(raw_entries, list):
         raise BadRequest("Bundle.entry must be a list", code="FHIR_BAD_BUNDLE")
-    if btype == "batch":
-        return BundleResult("batch-response", _batch(session, raw_entries, check_references))
-    return _transaction(session, raw_entries, check_references)
+    entries: list[_Entry | VetinhError] = []
+    issues: dict[int, list[dict[str, Any]]] = {}
+    for index, raw in enumerate(raw_entries):
+        try:
+            entry = _parse_entry(index, raw)
+        except VetinhError as exc:
+            entries.append(exc)
+            if btype == "transaction":
+                # The transaction fails on this entry; validating the rest would be wasted.
+                break
+            continue
+        entries.append(entry)
+        if entry.resource is None:
+            continue
+        if btype == "transaction":
+            found = validate_resource(entry.resource, f"{entry.where}.resource")
+        elif entry.method in ("POST", "PUT") and not entry.query:
+            found = validate_resource(entry.resource)
+        else:
+            continue
+        if found:
+            issues[index] = found
+    return PreparedBundle(str(btype), raw_entries, entries, issues)
+
+
+def process(
+    session: Session,
+    bundle: PreparedBundle | Mapping[str, Any] | str | bytes,
+    *,
+    check_references: bool = True,
+) -> BundleResult:
+    """Process a batch or transaction Bundle (prepared or not) and return its response entries.
+
+    Raises BadRequest for a Bundle that is neither, and (transactions only) the error of
+    the first failing entry, named ``Bundle.entry[i]``.
+    """
+    prepared = bundle if isinstance(bundle, PreparedBundle) else prepare(bundle)
+    if prepared.type == "batch":
+        return BundleResult("batch-response", _batch(session, prepared, check_references))
+    return _transaction(session, prepared, check_references)
 
 
 def _failed(index: int, exc: VetinhError) -> EntryResult:
@@ -155,7 +201,7 @@ def _failed(index: int, exc: VetinhError) -> EntryResult:
     )
 
 
-def _batch(session: Session, raw_entries: list[Any], check_references: bool) -> list[EntryResult]:
+def _batch(session: Session, prepared: PreparedBundle, check_references: bool) -> list[EntryResult]:
     """Process a batch: plain creates and updates are prepared one by one, written together.
 
     Each entry still succeeds or fails on its own: validation, conditions and references
@@ -167,17 +213,17 @@ def _batch(session: Session, raw_entries: list[Any], check_references: bool) -> 
     targets: set[tuple[str, str]] = set()
     conditions: dict[tuple[str, str], _Entry] = {}
     one_by_one: list[tuple[int, Any]] = []
+    raw_entries = prepared.raw_entries
     for index, raw in enumerate(raw_entries):
-        try:
-            entry = _parse_entry(index, raw)
-        except VetinhError as exc:
-            results[index] = _failed(index, exc)
+        entry = prepared.entries[index]
+        if isinstance(entry, VetinhError):
+            results[index] = _failed(index, entry)
             continue
         if entry.method not in ("POST", "PUT") or entry.query:
             one_by_one.append((index, raw))
             continue
         assert entry.resource is not None
-        issues = validate_resource(entry.resource)
+        issues = prepared.issues.get(index)
         if issues:
             results[index] = _failed(index, services._invalid(issues))
             continue
@@ -288,12 +334,13 @@ def _written(stored: StoredResource, code: int) -> EntryResult:
     )
 
 
-def _transaction(session: Session, raw_entries: list[Any], check_references: bool) -> BundleResult:
-    entries = [_parse_entry(i, raw) for i, raw in enumerate(raw_entries)]
-    issues: list[dict[str, Any]] = []
-    for entry in entries:
-        if entry.resource is not None:
-            issues.extend(validate_resource(entry.resource, f"{entry.where}.resource"))
+def _transaction(session: Session, prepared: PreparedBundle, check_references: bool) -> BundleResult:
+    entries: list[_Entry] = []
+    for entry_or_error in prepared.entries:
+        if isinstance(entry_or_error, VetinhError):
+            raise entry_or_error
+        entries.append(entry_or_error)
+    issues = [issue for index in sorted(prepared.issues) for issue in prepared.issues[index]]
     if issues:
         first = issues[0]
         raise ValidationFailed(

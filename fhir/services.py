@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy import and_, false, func, insert, not_, or_, select
@@ -43,6 +43,9 @@ from fhir.searchparams import (
 from fhir.validation import is_resource_type, summary_elements, validate_resource
 from his.db import utcnow
 from his.errors import BadRequest, Conflict, Gone, NotFound, PreconditionFailed, ValidationFailed
+
+if TYPE_CHECKING:
+    from fhir.bundles import PreparedBundle
 
 ID_RE = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 DEFAULT_COUNT = 20
@@ -1442,10 +1445,23 @@ def validate(
     return validate_resource(parsed)
 
 
+def prepare_bundle(bundle: Mapping[str, Any] | str | bytes) -> PreparedBundle:
+    """Parse and validate a batch or transaction Bundle without a session (see ``fhir.bundles``).
+
+    Hand the result to ``transaction``. Raises BadRequest for a Bundle that is neither.
+    """
+    from fhir import bundles
+
+    return bundles.prepare(bundle)
+
+
 def transaction(
-    session: Session, bundle: Mapping[str, Any] | str | bytes, *, check_references: bool = True
+    session: Session,
+    bundle: PreparedBundle | Mapping[str, Any] | str | bytes,
+    *,
+    check_references: bool = True,
 ) -> BundleResult:
-    """Process a batch or transaction Bundle (see ``fhir.bundles``)."""
+    """Process a batch or transaction Bundle, raw or from ``prepare_bundle`` (see ``fhir.bundles``)."""
     from fhir import bundles
 
     return bundles.process(session, bundle, check_references=check_references)
@@ -1465,6 +1481,7 @@ __all__ = [
     "delete",
     "everything",
     "history",
+    "prepare_bundle",
     "read",
     "search",
     "shape",

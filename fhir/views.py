@@ -117,6 +117,14 @@ def _take_write_lock() -> None:
         return
     if request.path.endswith(("/_search", "/$validate", "/$everything")):
         return
+    if request.method == "POST" and request.path.rstrip("/") == bp.url_prefix:
+        # A Bundle takes the lock itself once its entries are validated (see ``bundle``).
+        return
+    _hold_write_lock()
+
+
+def _hold_write_lock() -> None:
+    """Take SQLite's write lock for the rest of the request (no-op on other databases)."""
     session = get_session()
     if session.get_bind().dialect.name != "sqlite":
         return
@@ -812,12 +820,16 @@ def bundle() -> Response:
     parsed = jsontext.loads(body)
     if not isinstance(parsed, dict) or parsed.get("resourceType") != "Bundle":
         raise services._wrong_type("Bundle", parsed.get("resourceType") if isinstance(parsed, dict) else None)
+    # Validating every resource is most of the work: do it before SQLite's write lock is
+    # taken, so other writers are not held up and two workers validate side by side.
+    prepared = services.prepare_bundle(parsed)
+    _hold_write_lock()
     session = get_session()
     methods = [
         _check_bundle_entry(principal, session, index, entry)
         for index, entry in enumerate(parsed.get("entry") or [])
     ]
-    result = services.transaction(session, parsed, check_references=_check_references())
+    result = services.transaction(session, prepared, check_references=_check_references())
     created_patients = {
         e.stored.id
         for e in result.entries
