@@ -63,6 +63,11 @@ CLINIC_SCHEMA: dict[str, Any] = {
         "department": {"type": "string"},
         "site": {"type": "string"},
         "numbering": {"type": "string", "enum": ["split", "alternate"]},
+        "visit_code": {
+            "type": "string",
+            "nullable": True,
+            "description": "price-list code of the visit fee charged at check-in (none: no fee)",
+        },
         "location": {"type": "string", "description": "URL of the FHIR Location"},
         "healthcare_service": {"type": "string", "description": "URL of the FHIR HealthcareService"},
     },
@@ -234,6 +239,7 @@ def clinic_summary(clinic: Clinic) -> dict[str, Any]:
         "department": clinic.department.name,
         "site": clinic.site.code,
         "numbering": clinic.numbering,
+        "visit_code": clinic.visit_code,
         "location": f"/fhir/R4/Location/{clinic.location_id}" if clinic.location_id else None,
         "healthcare_service": f"/fhir/R4/HealthcareService/{service}" if service else None,
     }

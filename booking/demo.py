@@ -15,13 +15,13 @@ from his.demo import register_demo_loader
 from his.models import Site, User
 
 DEMO_CLINICS = (
-    # site, department code, department, clinic code, clinic, room, numbering
-    ("DIST", "NHI", "Khoa Nhi", "PKNHI1", "Phòng khám Nhi 1", "Phòng khám 1", "split"),
-    ("DIST", "NHI", "Khoa Nhi", "PKNHI2", "Phòng khám Nhi 2", "Phòng khám 2", "alternate"),
-    ("DIST", "NOI", "Khoa Nội", "PKNOI3", "Phòng khám Nội 3", "Phòng khám 3", "split"),
-    ("CENT", "NHI", "Khoa Nhi", "PKNHI5", "Phòng khám Nhi 5", "Phòng khám 5", "split"),
+    # site, department code, department, clinic code, clinic, room, numbering, visit fee code
+    ("DIST", "NHI", "Khoa Nhi", "PKNHI1", "Phòng khám Nhi 1", "Phòng khám 1", "split", "KB.NHI"),
+    ("DIST", "NHI", "Khoa Nhi", "PKNHI2", "Phòng khám Nhi 2", "Phòng khám 2", "alternate", "KB.NHI"),
+    ("DIST", "NOI", "Khoa Nội", "PKNOI3", "Phòng khám Nội 3", "Phòng khám 3", "split", "KB.NOI"),
+    ("CENT", "NHI", "Khoa Nhi", "PKNHI5", "Phòng khám Nhi 5", "Phòng khám 5", "split", "KB.NHI"),
     # Seen by video call (telehealth): every session of this clinic is a video session.
-    ("DIST", "NOI", "Khoa Nội", "PKTX1", "Phòng khám Nội từ xa", "Khám trực tuyến", "split"),
+    ("DIST", "NOI", "Khoa Nội", "PKTX1", "Phòng khám Nội từ xa", "Khám trực tuyến", "split", "KB.NOI"),
 )
 VIDEO_CLINICS = {"PKTX1"}
 MORNING = (time(7, 0), time(11, 30))
@@ -38,7 +38,7 @@ def load_demo(session: Session, sites: dict[str, Site]) -> None:
     """Create the demo clinics (one seen by video call) with Monday-to-Saturday timetables and a week of sessions."""
     departments = {}
     zone = _zone()
-    for site_code, dep_code, dep_name, code, name, room, numbering in DEMO_CLINICS:
+    for site_code, dep_code, dep_name, code, name, room, numbering, visit_code in DEMO_CLINICS:
         site = sites[site_code]
         key = (site_code, dep_code)
         if key not in departments:
@@ -55,6 +55,7 @@ def load_demo(session: Session, sites: dict[str, Site]) -> None:
             online_capacity=40,
             walkin_capacity=20,
             minutes_per_patient=5,
+            visit_code=visit_code,
         )
         for weekday in range(6):
             for part, (starts, ends) in (("morning", MORNING), ("afternoon", AFTERNOON)):

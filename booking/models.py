@@ -71,6 +71,8 @@ class Clinic(Base):
     skip_back_places: Mapped[int] = mapped_column(Integer, default=3)
     max_skips: Mapped[int] = mapped_column(Integer, default=2)
     no_show_minutes_after_end: Mapped[int] = mapped_column(Integer, default=0)
+    # The price-list item code of the clinic's visit fee, charged at check-in; none charges nothing.
+    visit_code: Mapped[str | None] = mapped_column(String(50))
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 

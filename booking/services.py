@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import logging
 import re
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
@@ -40,12 +41,15 @@ from booking.models import (
 from fhir import services as store
 from his import events
 from his.db import as_utc, utcnow
-from his.errors import N_, BadRequest, Conflict, NotFound, ValidationFailed
+from his.errors import N_, BadRequest, Conflict, NotFound, ValidationFailed, VetinhError
 from his.models import Site, User
 from his.policy import grant_site_access
 
 SORT_SPACING = 1000
 COUNTER_TABLE = cast(Table, SessionCounter.__table__)
+VISIT_CODE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,49}$")
+
+log = logging.getLogger(__name__)
 
 
 class SessionFull(Conflict):
@@ -96,6 +100,8 @@ def create_clinic(
         raise ValidationFailed(fields={k: N_("Unknown setting.") for k in unknown})
     if rules.get("numbering", "split") not in NUMBERING_SCHEMES:
         raise ValidationFailed(fields={"numbering": N_("Use split or alternate numbering.")})
+    if "visit_code" in rules:
+        rules["visit_code"] = clean_visit_code(rules["visit_code"])
     site = session.get(Site, department.site_id)
     assert site is not None
     stored = store.create(
@@ -120,6 +126,68 @@ def create_clinic(
         service.setdefault("location", []).append({"reference": f"Location/{stored.id}"})
         store.update(session, "HealthcareService", department.healthcare_service_id, service)
     return clinic
+
+
+def clean_visit_code(raw: str | None) -> str | None:
+    """Return a visit fee's price-list code trimmed, or None for a blank one (no fee).
+
+    Raises ValidationFailed (field ``visit_code``) for a code that no price list could hold.
+    """
+    code = (raw or "").strip()
+    if not code:
+        return None
+    if not VISIT_CODE_RE.match(code):
+        raise ValidationFailed(
+            N_("Some fields are not valid."),
+            fields={"visit_code": N_("Use the price-list code: letters, digits, dots or dashes.")},
+        )
+    return code
+
+
+@dataclass(frozen=True)
+class VisitFee:
+    """The price-list item a clinic charges for a visit, as billing prices it on a day."""
+
+    code: str
+    name: str
+    price: int
+
+
+def visit_fee(session: Session, code: str | None, day: date) -> VisitFee | None:
+    """Look a visit code up in billing's price list; None when it has no price that day."""
+    if not code:
+        return None
+    from billing import services as billing  # billing's price list, through its service
+
+    try:
+        entry = billing.price_on(session, code, day)
+    except VetinhError:
+        return None
+    return VisitFee(code=entry.code, name=entry.name, price=int(entry.price))
+
+
+def set_visit_code(session: Session, clinic: Clinic, raw: str | None, *, day: date) -> Clinic:
+    """Set (or clear, when blank) the clinic's visit fee code; later check-ins charge it.
+
+    Raises ValidationFailed (field ``visit_code``) for a malformed code or one the price
+    list does not price on ``day``; nothing changes then.
+    """
+    code = clean_visit_code(raw)
+    if code is not None and visit_fee(session, code, day) is None:
+        raise ValidationFailed(
+            N_("Some fields are not valid."),
+            fields={"visit_code": N_("The price list has no item with this code.")},
+        )
+    clinic.visit_code = code
+    session.flush()
+    return clinic
+
+
+def set_template_video(session: Session, template: WeeklyTemplate, video: bool) -> WeeklyTemplate:
+    """Mark a weekly template video (or not); sessions generated from now on follow it."""
+    template.video = bool(video)
+    session.flush()
+    return template
 
 
 def _require(values: dict[str, str]) -> None:
@@ -647,8 +715,6 @@ def _prepare_patient(session: Session, patient_id: str, clinic_session: ClinicSe
 
     Raises NotFound (PATIENT_NOT_FOUND) for an unknown or deleted patient.
     """
-    from his.errors import VetinhError
-
     try:
         store.read(session, "Patient", patient_id)
     except VetinhError:
@@ -898,6 +964,7 @@ def check_in(
     _open_encounter(session, booking, now)
     session.flush()
     events.publish("queue.checked_in", _queue_event(booking))
+    _announce_encounter(booking, now)
     return booking, True
 
 
@@ -929,7 +996,36 @@ def register_walk_in(
     _open_encounter(session, booking, now)
     session.flush()
     events.publish("queue.checked_in", _queue_event(booking))
+    _announce_encounter(booking, now)
     return BookingResult(booking, replayed=False)
+
+
+def _announce_encounter(booking: Booking, now: datetime) -> None:
+    """Publish ``encounter.checked_in`` (billing charges the clinic's visit fee) once it commits.
+
+    A clinic without a visit code publishes nothing: its visits are not charged, and a
+    warning says so.
+    """
+    clinic = booking.session.clinic
+    if not booking.encounter_id:
+        return
+    if not clinic.visit_code:
+        log.warning(
+            "Clinic %s (%s) has no visit code: no visit fee is charged for Encounter %s",
+            clinic.id,
+            clinic.name,
+            booking.encounter_id,
+        )
+        return
+    events.publish(
+        "encounter.checked_in",
+        {
+            "encounter_id": booking.encounter_id,
+            "patient_id": booking.patient_id,
+            "visit_code": clinic.visit_code,
+            "checked_in_at": fhir_mapping.instant(now),
+        },
+    )
 
 
 def _queue_event(booking: Booking, **more: Any) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from booking import api, services
 from booking import demo as _demo  # noqa: F401 - registers the demo loader
 from booking import jobs as _jobs  # noqa: F401 - registers the jobs
 from booking.blueprint import bp
-from booking.models import Booking, Clinic, ClinicSession
+from booking.models import Booking, Clinic, ClinicSession, WeeklyTemplate
 from his import audit, events
 from his.db import as_utc, get_session, utcnow
 from his.errors import NotFound, ValidationFailed, VetinhError
@@ -35,6 +35,7 @@ add_nav_item("booking.book", _l("Book a visit"), {"patient"}, icon="calendar", o
 add_nav_item("booking.desk", _l("Reception desk"), {"receptionist", "nurse"}, icon="desk", order=20)
 add_nav_item("booking.console_list", _l("Doctor's console"), {"doctor", "nurse"}, icon="queue", order=21)
 add_nav_item("booking.reports", _l("Clinic report"), {"manager"}, icon="chart", order=30)
+add_nav_item("booking.clinics", _l("Clinic settings"), {"manager"}, icon="settings", order=31)
 add_nav_item(
     "booking.board_index",
     _l("Queue board"),
@@ -246,6 +247,92 @@ def reports() -> str:
     rows = services.clinic_day_report(get_session(), principal.site_id or 0, day)
     longest = max([r.wait_minutes or 0 for r in rows] + [r.service_minutes or 0 for r in rows] + [1.0])
     return render_template("booking/reports.html", rows=rows, day=day, longest=longest)
+
+
+# --- clinic settings (managers) ------------------------------------------------------------------
+
+WEEKDAY_LABELS = (
+    _l("Monday"),
+    _l("Tuesday"),
+    _l("Wednesday"),
+    _l("Thursday"),
+    _l("Friday"),
+    _l("Saturday"),
+    _l("Sunday"),
+)
+
+
+def _own_clinic(clinic_id: int) -> Clinic:
+    """Return a clinic of the manager's own site. Raises NotFound for any other."""
+    clinic = get_session().get(Clinic, clinic_id)
+    if clinic is None or clinic.site_id != current_principal().site_id:
+        raise NotFound(_("There is no such clinic."))
+    return clinic
+
+
+@bp.get("/booking/clinics")
+@roles_required("manager")
+def clinics() -> str:
+    """List the site's clinics with the visit fee each charges at check-in."""
+    session = get_session()
+    rows = session.scalars(
+        select(Clinic).where(Clinic.site_id == current_principal().site_id).order_by(Clinic.name)
+    ).all()
+    today = _today()
+    return render_template(
+        "booking/clinics.html",
+        clinics=rows,
+        fees={c.id: services.visit_fee(session, c.visit_code, today) for c in rows},
+    )
+
+
+@bp.get("/booking/clinics/<int:clinic_id>")
+@roles_required("manager")
+def clinic_settings(clinic_id: int) -> str:
+    """Show a clinic's settings: its visit fee and its weekly sessions (in the room or by video)."""
+    clinic = _own_clinic(clinic_id)
+    session = get_session()
+    templates = session.scalars(
+        select(WeeklyTemplate)
+        .where(WeeklyTemplate.clinic_id == clinic.id)
+        .order_by(WeeklyTemplate.weekday, WeeklyTemplate.starts)
+    ).all()
+    return render_template(
+        "booking/clinic_settings.html",
+        clinic=clinic,
+        fee=services.visit_fee(session, clinic.visit_code, _today()),
+        templates=templates,
+        weekdays=WEEKDAY_LABELS,
+    )
+
+
+@bp.post("/booking/clinics/<int:clinic_id>/visit-code")
+@roles_required("manager")
+def clinic_visit_code(clinic_id: int) -> BaseResponse:
+    """Set or clear the price-list code of the clinic's visit fee."""
+    clinic = _own_clinic(clinic_id)
+    try:
+        services.set_visit_code(get_session(), clinic, request.form.get("visit_code"), day=_today())
+    except VetinhError as exc:
+        flash(_(exc.message), "error")
+        for name, text in exc.fields.items():
+            flash(f"{name}: {_(text)}", "error")
+    else:
+        flash(_("The clinic's settings were saved."), "success")
+    return _back("booking.clinic_settings", clinic_id=clinic_id)
+
+
+@bp.post("/booking/clinics/<int:clinic_id>/templates/<int:template_id>/video")
+@roles_required("manager")
+def clinic_template_video(clinic_id: int, template_id: int) -> BaseResponse:
+    """Mark a weekly session video or in the room; sessions generated from now on follow it."""
+    clinic = _own_clinic(clinic_id)
+    template = get_session().get(WeeklyTemplate, template_id)
+    if template is None or template.clinic_id != clinic.id:
+        raise NotFound(_("There is no such weekly session."))
+    services.set_template_video(get_session(), template, request.form.get("video") == "1")
+    flash(_("The clinic's settings were saved."), "success")
+    return _back("booking.clinic_settings", clinic_id=clinic_id)
 
 
 @bp.get("/booking/events")
