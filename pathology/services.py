@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import PurePosixPath
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path, PurePosixPath
 from typing import Any
 
+from flask import Flask, current_app
 from sqlalchemy.orm import Session
 
 from his import audit
@@ -14,6 +20,7 @@ from his.security import Principal
 from pathology.fhir_mapping import imaging_study
 from pathology.models import ConsultCase, Slide
 from pathology.pyramid import needs_pyramid
+from pathology.store import slide_store
 
 UPLOAD_ROLES = frozenset({"doctor", "nurse", "pathologist"})
 READ_ROLES = frozenset({"doctor", "nurse", "pathologist"})
@@ -60,11 +67,16 @@ def slide_site_ids(session: Session, slide: Slide) -> set[int]:
 
 def may_read_slide(session: Session, principal: Principal, slide: Slide) -> bool:
     """Tell whether the principal may see a slide and its tiles."""
+    return readers_admit(principal, slide_reader_roles(session, slide))
+
+
+def readers_admit(principal: Principal, readers: dict[int, frozenset[str]]) -> bool:
+    """Tell whether a slide's readers (roles per site, see slide_reader_roles) include the principal."""
     if not principal.is_authenticated or not principal.allows("ImagingStudy", "read"):
         return False
     if principal.site_id is None:
         return False
-    roles = slide_reader_roles(session, slide).get(principal.site_id)
+    roles = readers.get(principal.site_id)
     if roles is None:
         return False
     return principal.kind != "user" or principal.role in roles
@@ -118,6 +130,121 @@ def readable_slide(
     if audit_read:
         audit.record("read", "Slide", slide.id)
     return slide
+
+
+@dataclass(frozen=True)
+class SlideView:
+    """What serving a slide's tiles needs to know, read from the database at ``loaded_at``."""
+
+    id: str
+    status: str
+    stored_path: str
+    sha256: str
+    readers: dict[int, frozenset[str]]
+    tile_key: str
+    loaded_at: float
+
+    @cached_property
+    def path(self) -> Path:
+        """The slide's file. Raises PathEscapesStore when the stored path leads out of the store."""
+        return slide_store().resolve(self.stored_path)
+
+
+class SlideViewCache:
+    """Remember up to ``capacity`` slides' tile views for ``ttl`` seconds, so tiles need no query.
+
+    The access decision itself is made on every request from the remembered readers; a
+    change to who may read a slide (or to its file) reaches every process within ``ttl``.
+    """
+
+    def __init__(self, ttl: float, capacity: int = 1024) -> None:
+        self.ttl = ttl
+        self.capacity = max(1, capacity)
+        self._views: OrderedDict[str, SlideView] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, slide_id: str) -> SlideView | None:
+        """Return a view read less than ``ttl`` seconds ago, or None."""
+        with self._lock:
+            view = self._views.get(slide_id)
+            if view is None:
+                return None
+            if time.monotonic() - view.loaded_at >= self.ttl:
+                del self._views[slide_id]
+                return None
+            self._views.move_to_end(slide_id)
+            return view
+
+    def put(self, view: SlideView) -> None:
+        if self.ttl <= 0:
+            return
+        with self._lock:
+            self._views[view.id] = view
+            self._views.move_to_end(view.id)
+            while len(self._views) > self.capacity:
+                self._views.popitem(last=False)
+
+    def forget(self, slide_id: str) -> None:
+        """Drop a slide's view after this process changed the slide."""
+        with self._lock:
+            self._views.pop(slide_id, None)
+
+
+DEFAULT_SLIDE_VIEW_TTL = 5.0
+_views_lock = threading.Lock()
+
+
+def slide_views(app: Flask | None = None) -> SlideViewCache:
+    """Return the app's slide view cache, its TTL from ``PATHOLOGY_SLIDE_VIEW_TTL`` (seconds)."""
+    target = app or current_app
+    views = target.extensions.get("vetinh.pathology.views")
+    if views is None:
+        with _views_lock:
+            views = target.extensions.get("vetinh.pathology.views")
+            if views is None:
+                ttl = float(target.config.get("PATHOLOGY_SLIDE_VIEW_TTL", DEFAULT_SLIDE_VIEW_TTL))
+                views = target.extensions["vetinh.pathology.views"] = SlideViewCache(ttl)
+    return views
+
+
+def load_slide_view(session: Session, slide_id: str) -> SlideView:
+    """Read a slide's tile view from the database.
+
+    Raises SlideNotFound for an unknown or malformed id.
+    """
+    slide = get_slide(session, slide_id)
+    return SlideView(
+        id=slide.id,
+        status=slide.status,
+        stored_path=slide.stored_path,
+        sha256=slide.sha256,
+        readers=slide_reader_roles(session, slide),
+        tile_key=tile_key(slide),
+        loaded_at=time.monotonic(),
+    )
+
+
+def viewable_slide(session: Session, principal: Principal, slide_id: str) -> SlideView:
+    """Return the tile view of a ready slide the principal may see, checking access on every call.
+
+    A view remembered from the last few seconds is used when it admits the principal and
+    the slide is ready; otherwise the slide is read again, so a new reader or a slide that
+    has just become ready is never refused on old information.
+
+    Raises SlideNotFound for an unknown id, SlideAccessDenied (audited) for a slide the
+    principal may not see, SlideNotReady while its pyramid is being built.
+    """
+    views = slide_views()
+    view = views.get(slide_id)
+    if view is None or view.status != "ready" or not readers_admit(principal, view.readers):
+        view = load_slide_view(session, slide_id)
+        views.put(view)
+    if not readers_admit(principal, view.readers):
+        audit.record("read", "Slide", view.id, outcome="denied", detail="slide of another site")
+        raise SlideAccessDenied()
+    if view.status != "ready":
+        raise SlideNotReady()
+    return view
 
 
 def tile_key(slide: Slide) -> str:

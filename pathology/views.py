@@ -47,6 +47,7 @@ from pathology.services import (
     slide_patient_id,
     slide_summary,
     tile_key,
+    viewable_slide,
 )
 from pathology.store import slide_store
 from pathology.tiles import tile_server
@@ -350,7 +351,8 @@ def read_slide(slide_id: str) -> Response:
 
 
 def _not_modified(etag: str) -> bool:
-    return etag in request.headers.get("If-None-Match", "")
+    """Tell whether the request's If-None-Match names this (quoted) ETag, or is ``*``."""
+    return request.if_none_match.contains_weak(etag.strip('"'))
 
 
 def _cacheable(body: bytes | str, mimetype: str, etag: str) -> Response:
@@ -375,13 +377,21 @@ def slide_dzi(slide_id: str) -> Response:
 @bp.get("/slides/<slide_id>_files/<int:level>/<int:col>_<int:row>.jpeg")
 @login_required
 def slide_tile(slide_id: str, level: int, col: int, row: int) -> Response:
-    """Return one Deep Zoom tile of a slide."""
-    slide = readable_slide(get_session(), current_principal(), slide_id, audit_read=False)
-    ensure_viewable(slide)
-    path = slide_store().resolve(slide.stored_path)
-    tile = tile_server().tile(tile_key(slide), slide.sha256, path, level, col, row)
+    """Return one Deep Zoom tile of a slide, saying in X-Tile-Source whether it was stored, cached or rendered.
+
+    Access is checked on every tile (the view itself is audited when the descriptor is
+    opened); the slide's details come from a cache of a few seconds, so a stored or
+    cached tile is sent without a query of its own or a decode.
+    """
+    view = viewable_slide(get_session(), current_principal(), slide_id)
+    server = tile_server()
+    if request.if_none_match:
+        etag = server.tile_etag(view.tile_key, view.sha256, view.path, level, col, row)
+        if _not_modified(etag):
+            return _cacheable(b"", "image/jpeg", etag)
+    tile = server.tile(view.tile_key, view.sha256, view.path, level, col, row)
     response = _cacheable(tile.data, "image/jpeg", tile.etag)
-    response.headers["X-Tile-Source"] = "native" if tile.native else "rendered"
+    response.headers["X-Tile-Source"] = tile.source
     return response
 
 

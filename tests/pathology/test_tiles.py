@@ -7,6 +7,7 @@ import math
 import random
 import re
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +18,12 @@ import requests
 from flask import Flask
 from openslide.deepzoom import DeepZoomGenerator
 from PIL import Image
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from his.db import get_database
+from his.models import Site
 from pathology.models import Slide
+from pathology.services import slide_views
 from pathology.store import PathEscapesStore, SlideStore, slide_store
 from pathology.tiles import TileCache, tile_server
 from tests.pathology.helpers import SINGLE_FILES, WSI, SlideClient, decode
@@ -108,6 +111,59 @@ def test_the_svs_own_jpeg_tiles_are_sent_as_stored(district: SlideClient) -> Non
     assert not same_picture(stored, neighbour)
     assert edge.headers["X-Tile-Source"] == "rendered"
     assert decode(edge.data).shape == (2967 - 12 * 240, 2220 - 9 * 240, 3)
+
+
+def test_each_tile_says_whether_it_was_stored_cached_or_rendered(district: SlideClient) -> None:
+    slide_id, reference = upload(district, "CMU-1-Small-Region.svs")
+    top = reference.level_count - 1
+    cols, rows = reference.level_tiles[top]
+
+    native = district.get(f"/slides/{slide_id}_files/{top}/3_4.jpeg")
+    first = district.get(f"/slides/{slide_id}_files/{top - 2}/1_1.jpeg")
+    again = district.get(f"/slides/{slide_id}_files/{top - 2}/1_1.jpeg")
+    outside = district.get(f"/slides/{slide_id}_files/{top}/{cols}_{rows - 1}.jpeg")
+
+    assert native.headers["X-Tile-Source"] == "native"
+    assert first.headers["X-Tile-Source"] == "rendered"
+    assert again.headers["X-Tile-Source"] == "cache"
+    assert again.data == first.data
+    assert again.headers["ETag"] == first.headers["ETag"]
+    assert_same_picture(again.data, reference.get_tile(top - 2, (1, 1)))
+    assert outside.status_code == 404
+    assert "X-Tile-Source" not in outside.headers
+    for response in (native, first, again):
+        assert response.headers["X-Tile-Source"] in ("native", "cache", "rendered")
+        assert slide_id not in response.headers["X-Tile-Source"]
+
+
+def test_every_tile_request_is_access_checked_even_when_the_slide_is_remembered(
+    district: SlideClient, slides_as: Any
+) -> None:
+    slide_id, reference = upload(district, "boxes.tiff")
+    url = f"/slides/{slide_id}_files/{reference.level_count - 1}/0_0.jpeg"
+    assert district.get(url).status_code == 200
+    other_site = slides_as("doctor", "CENT")
+    nurse_elsewhere = slides_as("nurse", "CENT")
+
+    assert other_site.get(url).status_code == 403
+    assert nurse_elsewhere.get(url, **{"If-None-Match": district.get(url).headers["ETag"]}).status_code == 403
+    assert district.get(url).status_code == 200
+
+
+def test_a_slide_taken_away_from_a_site_stops_serving_its_tiles_within_the_cache_time(
+    app: Flask, district: SlideClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    slide_id, reference = upload(district, "boxes.tiff")
+    url = f"/slides/{slide_id}_files/{reference.level_count - 1}/0_0.jpeg"
+    monkeypatch.setattr(slide_views(app), "ttl", 0.3)
+    assert district.get(url).status_code == 200
+    with get_database(app).session_scope() as session:
+        central = session.scalar(select(Site.id).where(Site.code == "CENT"))
+        session.execute(update(Slide).where(Slide.id == slide_id).values(site_id=central))
+
+    time.sleep(0.4)
+
+    assert district.get(url).status_code == 403
 
 
 def test_tiles_carry_an_etag_and_are_immutable(district: SlideClient) -> None:
