@@ -131,12 +131,16 @@ def copy_new_records(session: Session, site_code: str | None = None) -> int:
 
 def run(app: Any) -> int:
     """Copy new audit records (the ``fhir.audit_events`` job)."""
-    from his.db import get_session
+    from his.db import begin_immediate, get_session
 
     settings = app.extensions["vetinh.settings"]
+    session = get_session()
+    # Read-then-write: on SQLite take the write lock first, or a write committed by a
+    # request in between makes the upgrade fail with "database is locked".
+    begin_immediate(session)
     total = 0
     while True:
-        copied = copy_new_records(get_session(), settings.site_code)
+        copied = copy_new_records(session, settings.site_code)
         total += copied
         if copied < BATCH:
             return total

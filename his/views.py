@@ -25,7 +25,7 @@ from werkzeug.wrappers import Response as BaseResponse
 
 from his import audit
 from his.accounts import authenticate, clear_failed_logins, record_failed_login
-from his.db import get_database, get_session
+from his.db import begin_immediate, get_database, get_session
 from his.errors import NotFound, TooManyRequests, Unauthorized, ValidationFailed
 from his.i18n import LOCALES, local_zone
 from his.models import AuditRecord, Site, User
@@ -124,16 +124,23 @@ def login() -> str | BaseResponse | tuple[str, int]:
             ),
             exc.status,
         )
-    clear_failed_logins(db, user.username)
+    user_id, user_locale = user.id, user.locale
+    # End the read snapshot before writing: SQLite refuses to turn a snapshot that another
+    # login has made stale into a write ("database is locked"), so the write gets its own
+    # transaction that takes the lock first.
+    db.rollback()
+    with get_database().session_scope() as writer:
+        begin_immediate(writer)
+        clear_failed_logins(writer, username)
     keep_locale = session.get("locale")
     session.clear()
     session.rotate = True  # type: ignore[attr-defined]
-    session["user_id"] = user.id
+    session["user_id"] = user_id
     if keep_locale:
         session["locale"] = keep_locale
-    elif user.locale in LOCALES:
-        session["locale"] = user.locale
-    audit.record("login", "User", str(user.id))
+    elif user_locale in LOCALES:
+        session["locale"] = user_locale
+    audit.record("login", "User", str(user_id))
     return redirect(_safe_next(request.form.get("next")))
 
 

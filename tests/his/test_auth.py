@@ -138,3 +138,36 @@ def test_cli_token_create_prints_a_working_token(app, make_user, client, test_da
     me = client.get("/api/v1/me", headers={"Authorization": f"Bearer {token}"})
     assert me.status_code == 200
     assert me.get_json()["scope"] == "user/*.read"
+
+
+def test_staff_logging_in_at_the_same_moment_all_get_in(live_server, make_user):
+    """Ten people pressing "Log in" together on the embedded SQLite server: no "database is locked"."""
+    import re
+    import threading
+
+    import requests
+
+    users = [make_user("nurse", username=f"y-ta-{n}") for n in range(10)]
+    ready = threading.Barrier(len(users))
+    outcomes: dict[str, object] = {}
+
+    def log_in(username: str) -> None:
+        with requests.Session() as browser:
+            page = browser.get(live_server.url + "/login", timeout=60).text
+            token = re.search(r'name="csrf-token" content="([^"]+)"', page).group(1)
+            ready.wait()
+            answer = browser.post(
+                live_server.url + "/login",
+                data={"username": username, "password": TEST_PASSWORD, "csrf_token": token},
+                allow_redirects=False,
+                timeout=60,
+            )
+            account = browser.get(live_server.url + "/account", allow_redirects=False, timeout=60)
+            outcomes[username] = (answer.status_code, account.status_code)
+
+    threads = [threading.Thread(target=log_in, args=(user.username,)) for user in users]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert outcomes == {user.username: (302, 200) for user in users}
