@@ -10,6 +10,7 @@ from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException
 
 from his.errors import (
+    N_,
     BadRequest,
     MethodNotAllowed,
     NotFound,
@@ -103,7 +104,7 @@ def init_app(app: Flask) -> None:
     def _csrf(error: CSRFError) -> Response:
         return render_error(
             BadRequest(
-                "The form expired or did not come from this site. Reload the page and try again.",
+                N_("The form expired or did not come from this site. Reload the page and try again."),
                 code="CSRF_FAILED",
             )
         )
@@ -119,14 +120,16 @@ def init_app(app: Flask) -> None:
             ours.status = status
             ours.code = (error.name or "ERROR").upper().replace(" ", "_")
         if status == 404:
-            ours.message = f"Nothing is found at {request.path}."
+            ours.message = N_("Nothing is found at this address.")
+            ours.extra["path"] = request.path
         if status == 405:
             allowed = getattr(error, "valid_methods", None) or []
-            ours.message = f"{request.method} is not allowed at {request.path}."
+            ours.message = N_("This address does not accept this kind of request.")
+            ours.extra["method"] = request.method
             ours.extra["allowed"] = sorted(allowed)
         return render_error(ours)
 
     @app.errorhandler(Exception)
     def _crash(error: Exception) -> Response:
         log.exception("Unhandled error on %s %s", request.method, request.path)
-        return render_error(VetinhError("An unexpected error occurred. It has been logged."))
+        return render_error(VetinhError(N_("An unexpected error occurred. It has been logged.")))

@@ -9,7 +9,10 @@ def test_unknown_page_is_a_404_html_page(client):
     response = client.get("/no/such/page")
     assert response.status_code == 404
     assert response.mimetype == "text/html"
-    assert "Không tìm thấy trang" in response.get_data(as_text=True)
+    page = response.get_data(as_text=True)
+    assert "Không tìm thấy trang" in page
+    assert "Không tìm thấy nội dung nào ở địa chỉ này." in page
+    assert "Nothing is found" not in page
 
 
 def test_unknown_api_url_is_a_404_json_error(client):
@@ -17,7 +20,8 @@ def test_unknown_api_url_is_a_404_json_error(client):
     assert response.status_code == 404
     body = response.get_json()
     assert body["code"] == "NOT_FOUND"
-    assert "/api/v1/no-such-thing" in body["message"]
+    assert body["path"] == "/api/v1/no-such-thing"
+    assert body["message"] == "Nothing is found at this address."
     assert body["fields"] == {}
 
 
@@ -42,6 +46,7 @@ def test_wrong_method_is_a_405_in_the_right_format(client, path, kind):
         assert response.get_json()["code"] == "METHOD_NOT_ALLOWED"
     else:
         assert response.mimetype == "text/html"
+        assert "Địa chỉ này không nhận loại yêu cầu này." in response.get_data(as_text=True)
 
 
 def test_malformed_json_to_the_api_is_a_clear_400(client):
@@ -66,3 +71,19 @@ def test_a_crash_is_a_500_that_leaks_nothing(app, client):
     assert response.status_code == 500
     assert "secret internals" not in response.get_data(as_text=True)
     assert response.get_json()["code"] == "INTERNAL"
+
+
+def test_a_crash_on_a_page_says_so_in_vietnamese(app, client):
+    @app.get("/explode")
+    def explode_page() -> str:
+        raise RuntimeError("secret internals")
+
+    page = client.get("/explode").get_data(as_text=True)
+    assert "Đã xảy ra lỗi ngoài dự kiến. Lỗi đã được ghi lại." in page
+    assert "secret internals" not in page
+
+
+def test_an_expired_form_is_explained_in_vietnamese(client):
+    response = client.post("/login", data={"username": "x", "password": "y"})
+    assert response.status_code == 400
+    assert "Biểu mẫu đã hết hạn" in response.get_data(as_text=True)
