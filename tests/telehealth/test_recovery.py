@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -120,10 +119,17 @@ def _in_a_call(
 
 
 def _advancing(page: Any) -> bool:
-    first = _frames(page)
-    time.sleep(0.5)
-    second = _frames(page)
-    return first is not None and second is not None and second > first
+    """Tell whether the remote video plays on: five more frames within ten seconds."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    before = _frames(page)
+    if before is None:
+        return False
+    try:
+        page.wait_for_function(f"before => ({REMOTE_FRAMES})() >= before + 5", arg=before, timeout=10_000)
+    except PlaywrightTimeout:
+        return False
+    return True
 
 
 def test_an_ice_restart_brings_the_video_back_after_a_short_outage(

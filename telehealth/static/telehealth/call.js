@@ -399,6 +399,7 @@
   // (queued while the network was down) are told apart and dropped.
   const newConnectionId = () => Math.random().toString(36).slice(2, 12);
   const connectionOf = (ref) => (ref || "").split(".")[0];
+  const retired = new Set(); // "<peer>:<connection>" of connections replaced by newer ones
 
   function makePeer(info, offerer, conn) {
     const pc = new RTCPeerConnection({ iceServers });
@@ -465,12 +466,15 @@
     if (!inCall) return;
     let entry = peers.get(message.from);
     const conn = connectionOf(message.ref);
+    // A late message of a connection already replaced (it was sent before the new one).
+    if (conn && retired.has(`${message.from}:${conn}`)) return;
     if (message.kind === "offer") {
       const replaced = conn
         ? entry && entry.conn !== conn
         : entry && entry.pc.remoteDescription && fingerprint(entry.pc.remoteDescription.sdp) !== fingerprint(message.sdp);
       if (replaced) {
         // A new connection from a peer that gave up on the old one.
+        retired.add(`${entry.id}:${entry.conn}`);
         closePeer(entry.id);
         entry = null;
       }
