@@ -176,6 +176,9 @@ MALFORMED = [
         {"type": "candidate", "to": 2, "candidate": {"candidate": "candidate:1", "sdpMLineIndex": -1}},
         "candidate",
     ),
+    ({"type": "offer", "to": 2, "sdp": VALID_SDP, "ref": "<img src=x>"}, "ref"),
+    ({"type": "candidate", "to": 2, "candidate": None, "ref": 7}, "ref"),
+    ({"type": "answer", "to": 2, "sdp": VALID_SDP, "ref": "a" * 65}, "ref"),
 ]
 
 
