@@ -334,6 +334,24 @@ def test_a_transaction_with_one_bad_entry_leaves_nothing(db: Session) -> None:
         services.transaction(db, unresolved)
 
 
+def test_a_bundle_is_validated_before_it_touches_the_database(db: Session) -> None:
+    """Validation needs no session, so the API can do it before taking SQLite's write lock."""
+    bundle = _transaction(
+        {"resource": patient_body(), "request": {"method": "POST", "url": "Patient"}},
+        {"resource": patient_body(birthDate="not-a-date"), "request": {"method": "POST", "url": "Patient"}},
+    )
+    prepared = services.prepare_bundle(bundle)
+    assert [i["expression"] for i in prepared.issues[1]] == [["Bundle.entry[1].resource.birthDate"]]
+    assert 0 not in prepared.issues
+    with pytest.raises(ValidationFailed) as caught:
+        services.transaction(db, prepared)
+    assert caught.value.extra["issue"][0]["expression"] == ["Bundle.entry[1].resource.birthDate"]
+    db.rollback()
+    assert db.scalar(select(func.count()).select_from(FhirResource)) == 0
+    batch = services.transaction(db, services.prepare_bundle({**bundle, "type": "batch"}))
+    assert [e.status for e in batch.entries] == ["201 Created", "422 Unprocessable Entity"]
+
+
 def test_if_none_exist_in_bundles_finds_the_existing_resource(db: Session) -> None:
     entry = {
         "resource": {
