@@ -259,11 +259,20 @@ def _facility() -> Facility:
     return Facility(code=(site.facility_code or "") if site else "", level=level)
 
 
+DEMO_BANK_ACCOUNT = BankAccount(bank_bin="970436", account="0000000000")
+
+
 def _bank_account() -> BankAccount | None:
+    """Return the configured account VietQR transfers go to.
+
+    In development mode without one (``make run``), a made-up demonstration account, so
+    the demo shows its QR codes; the pages then say not to transfer real money.
+    """
     bank_bin = current_app.config.get("VETINH_BANK_BIN")
     account = current_app.config.get("VETINH_BANK_ACCOUNT")
     if not bank_bin or not account:
-        return None
+        settings = current_app.extensions.get("vetinh.settings")
+        return DEMO_BANK_ACCOUNT if settings is not None and settings.env == "development" else None
     return BankAccount(bank_bin=str(bank_bin), account=str(account))
 
 
@@ -312,6 +321,7 @@ def _invoice_context(invoice: Invoice) -> dict[str, Any]:
         "refunds": refunds_of(session, invoice.id),
         "unpriced": unpriced_charges(session, invoice.encounter_id),
         "payload": payload,
+        "demo_account": payload is not None and _bank_account() is DEMO_BANK_ACCOUNT,
         "note": transfer_note(invoice),
         "coverage": session.get(CoverageRecord, invoice.coverage_id) if invoice.coverage_id else None,
         "receipt": receipt_of(session, invoice.id) if invoice.status == "paid" else None,
