@@ -27,6 +27,7 @@ from his.models import Site, User
 from his.navigation import add_nav_item
 from his.openapi import api_doc
 from his.policy import ensure_patient_access
+from his.records import demo as _demo  # noqa: F401 - registers the demo loader
 from his.records import jobs as _jobs  # noqa: F401 - registers the outbox job
 from his.records import pharmacy, services, signatures
 from his.records.catalogue import orderable_services, search_icd10
