@@ -14,6 +14,7 @@ from playwright.sync_api import expect
 from pypdf import PdfReader
 
 from billing.payments import sign
+from billing.services import DEMO_PRICE_LIST, import_prices, read_price_csv
 from his.db import get_database
 from his.models import User
 from tests.browser import chromium
@@ -86,3 +87,30 @@ def test_a_transfer_marks_the_invoice_paid_on_the_cashiers_screen_without_a_relo
     number = text.split("Số: ")[1].split()[0]
     assert number.startswith("BL")
     assert filename == f"bien-lai-{number}.pdf"
+
+
+def test_the_public_price_list_is_readable_on_a_phone(app, live_server, tmp_path):
+    with get_database(app).session_scope() as session:
+        import_prices(session, read_price_csv(DEMO_PRICE_LIST.read_bytes()))
+    with chromium() as browser:
+        page = browser.new_context(viewport={"width": 390, "height": 844}, locale="vi-VN").new_page()
+        page.goto(live_server.url + "/prices?q=sieu+am")
+        row = page.get_by_test_id("price-row").first
+        expect(row).to_contain_text("Siêu âm ổ bụng")
+        page.screenshot(path=str(tmp_path / "prices-390.png"), full_page=True)
+        # Nothing scrolls sideways: the list fits the screen and both prices are in view.
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390
+        wrap = page.locator(".table-wrap").bounding_box()
+        table = page.get_by_test_id("price-table").bounding_box()
+        assert table["width"] <= wrap["width"]
+        for test_id, amount in (("price-amount", "250.000"), ("price-insurance", "43.900")):
+            cell = row.get_by_test_id(test_id)
+            expect(cell).to_contain_text(amount)
+            box = cell.bounding_box()
+            assert box["x"] >= 0
+            assert box["x"] + box["width"] <= 390
+        # The name comes first, above its prices.
+        assert (
+            row.locator(".price-name").bounding_box()["y"]
+            < row.get_by_test_id("price-amount").bounding_box()["y"]
+        )
