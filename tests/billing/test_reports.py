@@ -34,6 +34,7 @@ def test_the_days_takings_add_up_by_channel_and_go_to_csv(app, client, make_user
     login(client, "quanly")
     html = client.get(f"/billing/reports?day={today.isoformat()}").get_data(as_text=True)
     assert "192.000\u00a0₫" in html
+    assert 'data-testid="refunds">-589\u00a0₫<' in html
     csv_text = client.get(f"/billing/reports.csv?day={today.isoformat()}").get_data(as_text=True)
     rows = dict(line.split(",") for line in csv_text.lstrip("\ufeff").strip().splitlines()[1:])
     assert (rows["revenue_vietqr"], rows["revenue_card"], rows["net_revenue"]) == (
@@ -42,3 +43,22 @@ def test_the_days_takings_add_up_by_channel_and_go_to_csv(app, client, make_user
         "192000",
     )
     assert rows["review_queue"] == "1"
+
+
+def test_a_day_without_refunds_shows_zero_refunds_never_minus_zero(app, client, make_user):
+    login(client, make_user("manager", username="quanly").username)
+    html = client.get("/billing/reports?day=2025-09-10").get_data(as_text=True)
+    assert 'data-testid="refunds">0\u00a0₫<' in html
+    assert "-0\u00a0₫" not in html
+
+
+def test_the_cashier_home_links_the_review_queue_and_takings_without_a_stray_separator(
+    app, client, make_user
+):
+    login(client, make_user("cashier", site="DIST").username)
+    html = client.get("/billing").get_data(as_text=True)
+    start = html.index('data-testid="cashier-links"')
+    links = html[start : html.index("</p>", start)]
+    assert "0 giao dịch chờ đối soát</a>" in links
+    assert 'href="/billing/reports"' in links
+    assert "·" not in links
