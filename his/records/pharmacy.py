@@ -10,23 +10,25 @@ checked against the stored record, so a forged or altered QR is refused.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, datetime
 from decimal import Decimal
 
 from cryptography import x509
-from sqlalchemy import select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
 from fhir import services as store
 from his import events
-from his.errors import N_, Conflict, NotFound, ValidationFailed
+from his.errors import N_, Conflict, Gone, NotFound, ValidationFailed
+from his.models import PatientSiteAccess, User
 from his.records.codes import parse_code
 from his.records.models import Prescription, PrescriptionItem, Signature, SigningKey
-from his.records.services import Actor, now_text, practitioner_reference
+from his.records.services import Actor, now_text, patient_name, practitioner_reference
 from his.records.signatures import Verification, verify
 from his.records.signing import digest, sign_short, verify_short
 
 QR_PREFIX = "VTRX1"
+QUEUE_PAGE_SIZE = 20
 DISPENSED_TOPIC = "medication.dispensed"
 
 
@@ -267,3 +269,90 @@ def dispense(
         )
     session.expire_all()
     return created
+
+
+@dataclass(frozen=True)
+class QueueEntry:
+    """A signed prescription waiting at the pharmacy counter."""
+
+    code: str
+    patient_id: str
+    patient_name: str
+    doctor: str
+    signed_at: datetime | None
+    valid_until: date | None
+    partly_dispensed: bool
+
+
+@dataclass(frozen=True)
+class QueuePage:
+    """One page of the pharmacy queue, newest first."""
+
+    entries: list[QueueEntry]
+    page: int
+    pages: int
+    total: int
+
+
+def waiting(
+    session: Session, site_id: int, *, today: date, page: int = 1, per_page: int = QUEUE_PAGE_SIZE
+) -> QueuePage:
+    """Return the prescriptions a site's pharmacy may dispense now, newest signature first.
+
+    Signed, not expired and not fully dispensed prescriptions of the patients the site may
+    see (its own, and those another site shared with it), which is the rule the
+    dispensing page applies. Raises ValidationFailed (field ``page``) for a page below 1.
+    """
+    if page < 1:
+        raise ValidationFailed(N_("The page must be 1 or more."), fields={"page": N_("Invalid.")})
+    something_left = (
+        select(PrescriptionItem.id)
+        .where(
+            PrescriptionItem.prescription_id == Prescription.id,
+            PrescriptionItem.dispensed < PrescriptionItem.quantity,
+        )
+        .exists()
+    )
+    visible = select(PatientSiteAccess.patient_id).where(PatientSiteAccess.site_id == site_id)
+    conditions = (
+        Prescription.status == "signed",
+        or_(Prescription.valid_until.is_(None), Prescription.valid_until >= today),
+        something_left,
+        Prescription.patient_id.in_(visible),
+    )
+    total = session.scalar(select(func.count()).select_from(Prescription).where(*conditions)) or 0
+    pages = max(1, -(-total // per_page))
+    rows = session.execute(
+        select(Prescription, User.full_name)
+        .join(User, User.id == Prescription.prescriber_id)
+        .where(*conditions)
+        .order_by(Prescription.signed_at.desc(), Prescription.id.desc())
+        .offset((page - 1) * per_page)
+        .limit(per_page)
+    ).all()
+    names: dict[str, str] = {}
+    entries = []
+    for prescription, doctor in rows:
+        if prescription.patient_id not in names:
+            try:
+                resource = store.read(session, "Patient", prescription.patient_id).resource
+            except (NotFound, Gone):
+                resource = {}
+            names[prescription.patient_id] = patient_name(resource)
+        partly = session.scalar(
+            select(PrescriptionItem.id)
+            .where(PrescriptionItem.prescription_id == prescription.id, PrescriptionItem.dispensed > 0)
+            .limit(1)
+        )
+        entries.append(
+            QueueEntry(
+                prescription.code,
+                prescription.patient_id,
+                names[prescription.patient_id],
+                doctor,
+                prescription.signed_at,
+                prescription.valid_until,
+                partly is not None,
+            )
+        )
+    return QueuePage(entries, page, pages, total)

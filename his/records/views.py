@@ -574,18 +574,39 @@ def antibiotic_report() -> str | Response:
     )
 
 
+def _pharmacy_queue() -> pharmacy.QueuePage:
+    """Read the page of the site's pharmacy queue the request asks for, and audit the list read."""
+    raw = request.args.get("page", "1").strip() or "1"
+    try:
+        number = int(raw)
+    except ValueError:
+        raise ValidationFailed(_("The page must be 1 or more."), fields={"page": _("Invalid.")}) from None
+    queue = pharmacy.waiting(get_session(), _site().id, today=_today(), page=number)
+    audit.record(
+        "read",
+        "PharmacyQueue",
+        None,
+        detail=f"page {queue.page}: " + " ".join(entry.code for entry in queue.entries),
+    )
+    return queue
+
+
+def _pharmacy_find(query: str, error: str = "") -> str:
+    return render_template("records/pharmacy_find.html", query=query, error=error, queue=_pharmacy_queue())
+
+
 @bp.get("/pharmacy/")
 @roles_required("pharmacist")
 def pharmacy_home() -> str | BaseResponse | tuple[str, int]:
-    """Find a prescription by code or by the text of its scanned QR."""
+    """List the prescriptions waiting at the site's pharmacy; find one by code or by its scanned QR."""
     query = request.args.get("q", "").strip()
     if not query:
-        return render_template("records/pharmacy_find.html", query="", error="")
+        return _pharmacy_find("")
     try:
         found, qr = pharmacy.find(get_session(), query)
     except (ValidationFailed, NotFound) as exc:
         audit.record("search", "Prescription", None, outcome="failure", detail=query[:100])
-        return render_template("records/pharmacy_find.html", query=query, error=_(exc.message)), exc.status
+        return _pharmacy_find(query, _(exc.message)), exc.status
     if qr is not None and not qr.authentic:
         audit.record(
             "search",
@@ -595,7 +616,7 @@ def pharmacy_home() -> str | BaseResponse | tuple[str, int]:
             outcome="failure",
             detail="forged QR",
         )
-        return render_template("records/pharmacy_find.html", query=query, error=_(qr.problem)), 409
+        return _pharmacy_find(query, _(qr.problem)), 409
     return redirect(url_for("records.pharmacy_prescription", code=found.code))
 
 
