@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import re
+from datetime import date
 from decimal import Decimal
 
 from sqlalchemy import func, select
 
 from billing.demo import DEMO_ENCOUNTER_SYSTEM, load_demo_bills, load_demo_prices
 from billing.models import BankNotification, Charge, Invoice, Payment, PriceEntry
+from billing.services import DEMO_PRICE_LIST, read_price_csv, search_prices
 from billing.subscribers import handle
 from fhir import services as store
 from his.cli import main
@@ -150,3 +152,15 @@ def test_loading_the_demo_bills_again_adds_nothing(app, test_database):
     assert before == after
     assert before[0] == 2
     assert len(encounters.matches) == 1
+
+
+def test_the_demo_prices_each_drug_once_from_the_seed_catalogue(app):
+    csv_drugs = [row.code for row in read_price_csv(DEMO_PRICE_LIST.read_bytes()) if row.kind == "drug"]
+    assert csv_drugs == []
+    with get_database(app).session_scope() as session:
+        load_demo_prices(session)
+        found = search_prices(session, date.today(), query="amoxicilin 500", kind="drug").entries
+        names = [entry.name for entry in found]
+    assert names
+    assert all(entry_code.startswith("VTS") for entry_code in [entry.code for entry in found])
+    assert not any("(demo)" in name for name in names)
