@@ -61,10 +61,11 @@ class PriceRow:
 
 @dataclass(frozen=True)
 class ImportResult:
-    """How many entries an import created and updated."""
+    """How many entries an import created, changed, and found already as the file has them."""
 
     created: int
     updated: int
+    unchanged: int = 0
 
 
 @dataclass(frozen=True)
@@ -256,31 +257,39 @@ def read_price_csv(data: bytes | str) -> list[PriceRow]:
 
 
 def import_prices(session: Session, rows: Iterable[PriceRow]) -> ImportResult:
-    """Write checked rows: a new (code, start date) is created, an existing one is updated.
+    """Write checked rows: a new (code, start date) is created, an existing one updated where it differs.
 
-    Importing the same file twice changes nothing the second time. Never commits.
+    A row that matches its entry in every column is counted as unchanged and not
+    written, so importing the same file twice changes nothing the second time. Never commits.
     """
-    created = updated = 0
+    created = updated = unchanged = 0
     for row in rows:
         entry = session.scalars(
             select(PriceEntry).where(PriceEntry.code == row.code, PriceEntry.valid_from == row.valid_from)
         ).first()
+        wanted = {
+            "name": row.name,
+            "kind": row.kind,
+            "unit": row.unit,
+            "price": row.price,
+            "insurance_price": row.insurance_price,
+            "valid_to": row.valid_to,
+            "xml_group": row.xml_group,
+            "search_text": fold(f"{row.code} {row.name}"),
+        }
         if entry is None:
-            entry = PriceEntry(code=row.code, valid_from=row.valid_from)
-            session.add(entry)
+            session.add(PriceEntry(code=row.code, valid_from=row.valid_from, **wanted))
             created += 1
-        else:
-            updated += 1
-        entry.name = row.name
-        entry.kind = row.kind
-        entry.unit = row.unit
-        entry.price = row.price
-        entry.insurance_price = row.insurance_price
-        entry.valid_to = row.valid_to
-        entry.xml_group = row.xml_group
-        entry.search_text = fold(f"{row.code} {row.name}")
+            continue
+        changes = {name: value for name, value in wanted.items() if getattr(entry, name) != value}
+        if not changes:
+            unchanged += 1
+            continue
+        for name, value in changes.items():
+            setattr(entry, name, value)
+        updated += 1
     session.flush()
-    return ImportResult(created=created, updated=updated)
+    return ImportResult(created=created, updated=updated, unchanged=unchanged)
 
 
 def _plain(amount: Decimal | None) -> str:

@@ -223,12 +223,17 @@ def import_price_list() -> BaseResponse | tuple[str, int]:
         )
         return page, 422
     outcome = import_prices(session, rows)
-    audit.record("import", "PriceList", detail=f"created={outcome.created} updated={outcome.updated}")
+    audit.record(
+        "import",
+        "PriceList",
+        detail=f"created={outcome.created} updated={outcome.updated} unchanged={outcome.unchanged}",
+    )
     flash(
         _(
-            "Price list imported: %(created)d new, %(updated)d updated.",
+            "Price list imported: %(created)d new, %(updated)d updated, %(unchanged)d unchanged.",
             created=outcome.created,
             updated=outcome.updated,
+            unchanged=outcome.unchanged,
         ),
         "success",
     )

@@ -79,9 +79,42 @@ def test_search_ignores_case_and_diacritics(app, price_list):
 def test_importing_the_same_file_twice_changes_nothing(app, price_list):
     with get_database(app).session_scope() as session:
         before = session.scalar(select(func.count()).select_from(PriceEntry))
+        stamps = {
+            row.id: row.updated_at for row in session.execute(select(PriceEntry.id, PriceEntry.updated_at))
+        }
+    with get_database(app).session_scope() as session:
         result = import_prices(session, read_price_csv(PRICE_LIST))
-        assert (result.created, result.updated) == (0, 5)
+        assert (result.created, result.updated, result.unchanged) == (0, 0, 5)
         assert session.scalar(select(func.count()).select_from(PriceEntry)) == before
+    with get_database(app).session_scope() as session:
+        # Nothing was written: no entry was touched.
+        assert {
+            row.id: row.updated_at for row in session.execute(select(PriceEntry.id, PriceEntry.updated_at))
+        } == stamps
+
+
+def test_a_reimport_counts_as_updated_only_the_rows_that_changed(app, price_list):
+    changed = PRICE_LIST.replace(
+        "SA01,Siêu âm ổ bụng,service,lần,250000", "SA01,Siêu âm ổ bụng,service,lần,260000"
+    )
+    with get_database(app).session_scope() as session:
+        result = import_prices(session, read_price_csv(changed))
+        assert (result.created, result.updated, result.unchanged) == (0, 1, 4)
+        assert price_on(session, "SA01", date(2025, 3, 1)).price == Decimal("260000")
+
+
+def test_a_manager_reimporting_an_unchanged_list_is_told_nothing_changed(app, client, make_user, price_list):
+    login(client, make_user("manager", username="quanly").username)
+    with client.session_transaction() as browser_session:
+        browser_session["locale"] = "en"
+    token = csrf_token(client, "/prices")
+    response = client.post(
+        "/prices/import",
+        data={"csrf_token": token, "file": (io.BytesIO(PRICE_LIST.encode("utf-8")), "gia.csv")},
+        content_type="multipart/form-data",
+        follow_redirects=True,
+    )
+    assert "0 new, 0 updated, 5 unchanged" in response.get_data(as_text=True)
 
 
 def test_a_bad_file_names_every_bad_line_and_writes_nothing():
