@@ -81,7 +81,7 @@ from his import audit
 from his.db import begin_immediate, get_session, utcnow
 from his.errors import N_, ConfigurationError, ValidationFailed, VetinhError
 from his.events import sse_response
-from his.i18n import local_zone
+from his.i18n import format_day, local_zone
 from his.models import Site
 from his.navigation import add_nav_item
 from his.openapi import api_doc
@@ -110,7 +110,7 @@ ALL_ROLES = {
 }
 PRICE_EDITORS = ("manager", "admin")
 KIND_LABELS = {
-    "visit": _l("Visits"),
+    "visit": _l("Medical examinations"),
     "service": _l("Services"),
     "drug": _l("Drugs"),
     "supply": _l("Supplies"),
@@ -898,24 +898,44 @@ def _signing_material() -> tuple[Any, Any] | None:
 
 @bp.get("/billing/claims.zip")
 @roles_required(*CASHIER_ROLES)
-def claims_zip() -> Response:
-    """Download the insurance claims (XML 130, one envelope per visit) of a date range as a zip (audited)."""
+def claims_zip() -> BaseResponse:
+    """Download the insurance claims (XML 130, one envelope per visit) of a date range as a zip (audited).
+
+    A range without claims sends the cashier back to their page with a message instead
+    of an empty zip. Raises ValidationFailed for a bad date, a start after the end, or
+    more than 31 days.
+    """
     try:
         first_day = date.fromisoformat(request.args.get("from", ""))
         last_day = date.fromisoformat(request.args.get("to", ""))
     except ValueError:
         message = N_("Write the date as YYYY-MM-DD.")
         raise ValidationFailed(message, fields={"from": message, "to": message}) from None
-    if last_day < first_day or (last_day - first_day).days > 31:
+    if last_day < first_day:
+        message = N_("The start date must be on or before the end date.")
+        raise ValidationFailed(message, fields={"from": message})
+    if (last_day - first_day).days > 31:
         message = N_("Choose a range of at most 31 days.")
         raise ValidationFailed(message, fields={"to": message})
     session = get_session()
     facility = _facility()
+    visits = claims_between(session, first_day, last_day, facility, zone=_zone())
+    if not visits:
+        audit.record("export", "Claim", None, detail=f"none from {first_day} to {last_day}")
+        flash(
+            _(
+                "There are no insurance claims to export from %(first)s to %(last)s.",
+                first=format_day(first_day),
+                last=format_day(last_day),
+            ),
+            "error",
+        )
+        return redirect(url_for("billing.cashier_home"))
     signing = _signing_material()
     today = datetime.now(_zone()).date()
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        for visit in claims_between(session, first_day, last_day, facility, zone=_zone()):
+        for visit in visits:
             document = claim_document(visit, today, _zone())
             if signing is not None:
                 document = sign_envelope(document, *signing)

@@ -251,3 +251,9 @@ def test_the_demo_command_loads_the_demo_price_list(app, sites):
     from his.demo import _LOADERS
 
     assert any(loader is load_demo for _order, loader in _LOADERS)
+
+
+def test_the_visit_kind_reads_as_medical_examination_in_vietnamese(app, client, price_list):
+    html = client.get("/prices?day=2025-03-01").get_data(as_text=True)
+    assert '<option value="visit">Khám bệnh</option>' in html
+    assert "Các lần khám" not in html
