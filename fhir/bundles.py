@@ -214,6 +214,7 @@ def _batch(session: Session, prepared: PreparedBundle, check_references: bool) -
     conditions: dict[tuple[str, str], _Entry] = {}
     one_by_one: list[tuple[int, Any]] = []
     raw_entries = prepared.raw_entries
+    known = _match_conditions(session, prepared.entries)
     for index, raw in enumerate(raw_entries):
         entry = prepared.entries[index]
         if isinstance(entry, VetinhError):
@@ -234,7 +235,7 @@ def _batch(session: Session, prepared: PreparedBundle, check_references: bool) -
             one_by_one.append((index, raw))
             continue
         try:
-            _resolve_identity(session, entry)
+            _resolve_identity(session, entry, known)
             if entry.existing is not None:
                 results[index] = _written(entry.existing, 200)
                 continue
@@ -405,11 +406,39 @@ def _transaction(session: Session, prepared: PreparedBundle, check_references: b
     return BundleResult("transaction-response", [results[e.index] for e in entries])
 
 
-def _resolve_identity(session: Session, entry: _Entry) -> None:
-    """Decide which resource id an entry writes (or finds), resolving conditions."""
+def _match_conditions(
+    session: Session, entries: list[_Entry | VetinhError]
+) -> dict[tuple[str, str], list[StoredResource]]:
+    """Look up the conditional creates' ``identifier=system|value`` conditions, one query per type."""
+    by_type: dict[str, list[str]] = {}
+    for entry in entries:
+        if isinstance(entry, _Entry) and entry.method == "POST" and entry.if_none_exist:
+            by_type.setdefault(entry.type, []).append(entry.if_none_exist)
+    return {
+        (rtype, condition): found
+        for rtype, conditions in by_type.items()
+        for condition, found in services.match_identifiers(session, rtype, conditions).items()
+    }
+
+
+def _resolve_identity(
+    session: Session,
+    entry: _Entry,
+    known: Mapping[tuple[str, str], list[StoredResource]] | None = None,
+) -> None:
+    """Decide which resource id an entry writes (or finds), resolving conditions.
+
+    ``known`` holds conditions already looked up (see ``_match_conditions``).
+    """
     if entry.method == "POST":
         if entry.if_none_exist:
-            found = services._conditional_match(session, entry.type, entry.if_none_exist)
+            matches = (known or {}).get((entry.type, entry.if_none_exist))
+            if matches is None:
+                found = services._conditional_match(session, entry.type, entry.if_none_exist)
+            elif len(matches) > 1:
+                raise services.ambiguous_condition(entry.type, entry.if_none_exist)
+            else:
+                found = matches[0] if matches else None
             if found is not None:
                 entry.existing = found
                 entry.target_id = found.id

@@ -532,6 +532,15 @@ def create(
     return _to_stored(write, created=True)
 
 
+def ambiguous_condition(rtype: str, query: str) -> PreconditionFailed:
+    """Return the 412 for a condition that more than one resource matches."""
+    return PreconditionFailed(
+        f"More than one {rtype} matches {query!r}",
+        code="FHIR_CONDITION_AMBIGUOUS",
+        extra={"issue": [_issue("multiple-matches", f"More than one {rtype} matches {query!r}")]},
+    )
+
+
 def _conditional_match(session: Session, rtype: str, query: str) -> StoredResource | None:
     """Return the one resource matching ``query``, None for none; 412 for several."""
     params = parse_query(query)
@@ -539,14 +548,64 @@ def _conditional_match(session: Session, rtype: str, query: str) -> StoredResour
         raise BadRequest("A conditional request needs search parameters", code="FHIR_CONDITION_EMPTY")
     ids = _search_ids(session, rtype, params, limit=2)
     if len(ids) > 1:
-        raise PreconditionFailed(
-            f"More than one {rtype} matches {query!r}",
-            code="FHIR_CONDITION_AMBIGUOUS",
-            extra={"issue": [_issue("multiple-matches", f"More than one {rtype} matches {query!r}")]},
-        )
+        raise ambiguous_condition(rtype, query)
     if not ids:
         return None
     return read(session, rtype, ids[0])
+
+
+def match_identifiers(
+    session: Session, rtype: str, conditions: Iterable[str]
+) -> dict[str, list[StoredResource]]:
+    """Find the matches of many ``identifier=system|value`` conditions in one query.
+
+    Returns the matches (current, not deleted) of every condition of exactly that form;
+    other conditions are left out, for ``_conditional_match`` to run one by one. The
+    result is what ``_conditional_match`` would find for each: the same index rows,
+    compared the same way (system and value equal).
+    """
+    param = params_for(rtype).get("identifier")
+    if param is None or param.kind != "token":
+        return {}
+    wanted: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for condition in dict.fromkeys(conditions):
+        pairs = parse_query(condition)
+        if len(pairs) != 1 or pairs[0][0] != "identifier":
+            continue
+        raw = pairs[0][1]
+        if "\\" in raw or "," in raw or raw.count("|") != 1:
+            continue
+        system, code = raw.split("|")
+        if system and code:
+            wanted[(system, code)].append(condition)
+    if not wanted:
+        return {}
+    found: dict[tuple[str, str], list[str]] = defaultdict(list)
+    token = INDEX_TABLES["token"]
+    codes = list(dict.fromkeys(code for _, code in wanted))
+    for part in _chunks(codes):
+        rows = session.execute(
+            select(token.c.res_id, token.c.system, token.c.code)
+            .join(
+                FhirResource,
+                and_(FhirResource.res_type == token.c.res_type, FhirResource.res_id == token.c.res_id),
+            )
+            .where(
+                token.c.res_type == rtype,
+                token.c.param == "identifier",
+                token.c.code.in_(part),
+                FhirResource.deleted == false(),
+            )
+        )
+        for rid, system, code in rows:
+            if (system, code) in wanted and rid not in found[(system, code)]:
+                found[(system, code)].append(rid)
+    stored = _fetch(session, [(rtype, rid) for ids in found.values() for rid in ids])
+    return {
+        condition: [stored[(rtype, rid)] for rid in sorted(found.get(key, [])) if (rtype, rid) in stored]
+        for key, conditions_of_key in wanted.items()
+        for condition in conditions_of_key
+    }
 
 
 def read(session: Session, resource_type: str, resource_id: str) -> StoredResource:

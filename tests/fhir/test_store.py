@@ -373,6 +373,47 @@ def test_if_none_exist_in_bundles_finds_the_existing_resource(db: Session) -> No
     assert services.search(db, "Organization", {}).total == 1
 
 
+def test_conditional_creates_in_a_batch_find_each_match_as_one_by_one(db: Session) -> None:
+    def org(value: str, system: str = "http://example.org/org") -> dict[str, Any]:
+        return {"resourceType": "Organization", "identifier": [{"system": system, "value": value}]}
+
+    def entry(value: str, condition: str | None = None) -> dict[str, Any]:
+        return {
+            "resource": org(value),
+            "request": {
+                "method": "POST",
+                "url": "Organization",
+                "ifNoneExist": condition or f"identifier=http://example.org/org|{value}",
+            },
+        }
+
+    kept = services.create(db, org("kept"))
+    services.create(db, org("twice"))
+    services.create(db, org("twice"))
+    gone = services.create(db, org("gone"))
+    services.delete_resource(db, "Organization", gone.id)
+    services.create(db, org("elsewhere", system="http://example.org/other"))
+    result = services.transaction(
+        db,
+        {
+            "resourceType": "Bundle",
+            "type": "batch",
+            "entry": [
+                entry("kept"),
+                entry("twice"),
+                entry("gone"),
+                entry("elsewhere"),
+                entry("new"),
+                entry("kept", "identifier=http%3A%2F%2Fexample.org%2Forg%7Ckept"),
+            ],
+        },
+    )
+    assert [e.status.split()[0] for e in result.entries] == ["200", "412", "201", "201", "201", "200"]
+    assert result.entries[0].stored.id == kept.id  # type: ignore[union-attr]
+    assert result.entries[5].stored.id == kept.id  # type: ignore[union-attr]
+    assert "More than one Organization" in result.entries[1].outcome["issue"][0]["diagnostics"]  # type: ignore[index]
+
+
 def test_batch_entries_succeed_or_fail_on_their_own(db: Session) -> None:
     batch = {
         "resourceType": "Bundle",
