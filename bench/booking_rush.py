@@ -4,9 +4,13 @@ Usage::
 
     python bench/booking_rush.py --database postgresql://postgres@127.0.0.1:5432/postgres
     python bench/booking_rush.py                      # SQLite in a temporary folder (smaller)
+    python bench/booking_rush.py --workers 3 --threads 4 --client-processes 5   # other shapes
 
 By default 5,000 patients compete for 1,000 online numbers (10 clinics x 100) with 50
-concurrent clients, the way a window opening at 17:00 looks. Each request books through
+concurrent clients, the way a window opening at 17:00 looks. The clients are keep-alive
+connections spread over a few processes (50 threads in one Python process measure the
+client's GIL, not the server), and the CPU the server, PostgreSQL and the clients used
+during the rush is printed. Each request books through
 ``POST /api/v1/bookings`` as a receptionist would, with its own Idempotency-Key. Prints
 successful bookings per second, p50/p99 latency, duplicates (must be 0) and lost bookings
 (must be 0: every 201 is in the database, and every number in the database was answered
@@ -16,7 +20,10 @@ successful bookings per second, p50/p99 latency, duplicates (must be 0) and lost
 from __future__ import annotations
 
 import argparse
-import queue
+import http.client
+import json
+import multiprocessing
+import os
 import sys
 import tempfile
 import threading
@@ -27,9 +34,9 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from datetime import time as clock
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
-
-import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fhir_ingest import database, serve
@@ -110,50 +117,137 @@ def prepare(database_url: str, clinics: int, numbers: int, patients: int) -> Set
     return Setup(token=token, session_ids=session_ids, patient_ids=patient_ids)
 
 
-def rush(url: str, setup: Setup, clients: int) -> tuple[Outcome, float]:
-    """Send one booking request per patient from ``clients`` threads; return what came back."""
-    work: queue.Queue[tuple[int, str]] = queue.Queue()
-    for index, patient_id in enumerate(setup.patient_ids):
-        work.put((setup.session_ids[index % len(setup.session_ids)], patient_id))
-    outcome = Outcome()
-    start = threading.Barrier(clients + 1)
+def _client_process(
+    url: str,
+    token: str,
+    jobs: list[list[tuple[int, str]]],
+    ready: Any,
+    go: Any,
+    results: Any,
+) -> None:
+    """Run one client process: a thread per job list, each on its own keep-alive connection.
 
-    def client() -> None:
-        http = requests.Session()
-        headers = {"Authorization": f"Bearer {setup.token}"}
-        start.wait()
-        while True:
-            try:
-                session_id, patient_id = work.get_nowait()
-            except queue.Empty:
-                return
-            began = time.perf_counter()
-            response = http.post(
-                f"{url}/api/v1/bookings",
-                json={"session_id": session_id, "patient_id": patient_id},
-                headers={**headers, "Idempotency-Key": uuid.uuid4().hex},
-                timeout=60,
-            )
-            ended = time.perf_counter()
-            body = response.json()
+    Puts (latencies, statuses, created, codes, last success moment, CPU seconds) on ``results``.
+    """
+    target = urlsplit(url)
+    outcome = Outcome()
+
+    def client(work: list[tuple[int, str]]) -> None:
+        connection = http.client.HTTPConnection(target.hostname, target.port, timeout=60)
+        for session_id, patient_id in work:
+            body = json.dumps({"session_id": session_id, "patient_id": patient_id})
+            headers = {
+                "Authorization": f"Bearer {token}",
+                "Idempotency-Key": uuid.uuid4().hex,
+                "Content-Type": "application/json",
+            }
+            began = time.monotonic()
+            connection.request("POST", "/api/v1/bookings", body=body, headers=headers)
+            response = connection.getresponse()
+            answer = json.loads(response.read())
+            ended = time.monotonic()
             with outcome.lock:
                 outcome.latencies.append(ended - began)
-                outcome.statuses[response.status_code] += 1
-                if response.status_code == 201:
-                    outcome.created.append(body)
+                outcome.statuses[response.status] += 1
+                if response.status == 201:
+                    outcome.created.append(
+                        {
+                            "id": answer["id"],
+                            "session": {"id": answer["session"]["id"]},
+                            "queue_number": answer["queue_number"],
+                        }
+                    )
                     outcome.last_success = max(outcome.last_success, ended)
                 else:
-                    outcome.codes[str(body.get("code"))] += 1
+                    outcome.codes[str(answer.get("code"))] += 1
+        connection.close()
 
-    threads = [threading.Thread(target=client) for _ in range(clients)]
+    threads = [threading.Thread(target=client, args=(work,)) for work in jobs]
+    ready.set()
+    go.wait()
+    cpu = time.process_time()
     for thread in threads:
         thread.start()
-    start.wait()
-    began = time.perf_counter()
     for thread in threads:
         thread.join()
+    results.put(
+        (
+            outcome.latencies,
+            dict(outcome.statuses),
+            outcome.created,
+            dict(outcome.codes),
+            outcome.last_success,
+            time.process_time() - cpu,
+        )
+    )
+
+
+def rush(url: str, setup: Setup, clients: int, processes: int) -> tuple[Outcome, float, float]:
+    """Send one booking request per patient from ``clients`` connections spread over processes.
+
+    Request ``i`` goes to client ``i % clients``, so the clinics fill evenly, as under a
+    shared queue. Returns what came back, the elapsed seconds and the clients' CPU seconds.
+    """
+    per_client: list[list[tuple[int, str]]] = [[] for _ in range(clients)]
+    for index, patient_id in enumerate(setup.patient_ids):
+        per_client[index % clients].append((setup.session_ids[index % len(setup.session_ids)], patient_id))
+    processes = max(1, min(processes, clients))
+    context = multiprocessing.get_context("fork")
+    results = context.Queue()
+    go = context.Event()
+    workers = []
+    for number in range(processes):
+        ready = context.Event()
+        worker = context.Process(
+            target=_client_process,
+            args=(url, setup.token, per_client[number::processes], ready, go, results),
+        )
+        worker.start()
+        ready.wait()
+        workers.append(worker)
+    began = time.monotonic()
+    go.set()
+    outcome = Outcome()
+    cpu = 0.0
+    for _ in workers:
+        latencies, statuses, created, codes, last_success, used = results.get()
+        outcome.latencies += latencies
+        outcome.statuses.update(statuses)
+        outcome.created += created
+        outcome.codes.update(codes)
+        outcome.last_success = max(outcome.last_success, last_success)
+        cpu += used
+    elapsed = time.monotonic() - began
+    for worker in workers:
+        worker.join()
     outcome.last_success -= began
-    return outcome, time.perf_counter() - began
+    return outcome, elapsed, cpu
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """Sum the user and system CPU seconds of processes (Linux /proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / tick
+
+
+def processes_named(name: str) -> list[int]:
+    """List the processes whose command name is ``name`` (Linux /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "comm").read_text().strip() == name:
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
 
 
 def check(database_url: str, outcome: Outcome) -> tuple[int, int]:
@@ -190,27 +284,38 @@ def main() -> None:
     parser.add_argument("--patients", type=int, default=5000)
     parser.add_argument("--clinics", type=int, default=10)
     parser.add_argument("--numbers", type=int, default=100, help="online numbers per clinic")
-    parser.add_argument("--clients", type=int, default=50)
+    parser.add_argument("--clients", type=int, default=50, help="concurrent client connections")
+    parser.add_argument(
+        "--client-processes", type=int, default=5, help="processes the clients run in (threads share a GIL)"
+    )
     parser.add_argument("--workers", type=int, default=2, help="gunicorn worker processes")
+    parser.add_argument("--threads", type=int, default=4, help="gunicorn threads per worker")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder, database(args.database, Path(folder)) as url:
         label = "PostgreSQL" if url.startswith("postgresql") else "SQLite"
         print(
-            f"== booking rush on {label} (gunicorn, {args.workers} workers x 8 threads, {args.clients} clients) =="
+            f"== booking rush on {label} (gunicorn, {args.workers} workers x {args.threads} threads, "
+            f"{args.clients} clients in {args.client_processes} processes) =="
         )
         setup = prepare(url, args.clinics, args.numbers, args.patients)
         print(
             f"prepared {len(setup.session_ids)} sessions x {args.numbers} numbers, {len(setup.patient_ids)} patients"
         )
-        with serve(url, Path(folder), workers=args.workers, threads=8) as server:
-            outcome, elapsed = rush(server.url, setup, args.clients)
+        with serve(url, Path(folder), workers=args.workers, threads=args.threads) as server:
+            servers = server.pids()
+            database_pids = processes_named("postgres") if label == "PostgreSQL" else []
+            server_before, database_before = cpu_seconds(servers), cpu_seconds(database_pids)
+            outcome, elapsed, client_cpu = rush(server.url, setup, args.clients, args.client_processes)
+            server_cpu = cpu_seconds(servers) - server_before
+            database_cpu = cpu_seconds(database_pids) - database_before
         duplicates, lost = check(url, outcome)
     successes = len(outcome.created)
     per_second = successes / outcome.last_success if outcome.last_success else 0.0
     p50 = percentile(outcome.latencies, 0.50) * 1000
     p99 = percentile(outcome.latencies, 0.99) * 1000
+    requests = sum(outcome.statuses.values())
     print(
-        f"requests: {sum(outcome.statuses.values())} in {elapsed:.2f} s; statuses {dict(outcome.statuses)}; "
+        f"requests: {requests} in {elapsed:.2f} s; statuses {dict(outcome.statuses)}; "
         f"refusals {dict(outcome.codes)}"
     )
     print(
@@ -218,6 +323,12 @@ def main() -> None:
     )
     print(f"latency: p50 {p50:.1f} ms, p99 {p99:.1f} ms (target p99 < {TARGET_P99_MS} ms)")
     print(f"duplicates: {duplicates} (must be 0); lost bookings: {lost} (must be 0)")
+    print(
+        f"CPU during the rush: server {server_cpu:.1f} s, database {database_cpu:.1f} s "
+        f"(all postgres processes), clients {client_cpu:.1f} s, over {elapsed:.1f} s on {os.cpu_count()} cores; "
+        f"per request: server {server_cpu / max(1, requests) * 1000:.1f} ms, "
+        f"clients {client_cpu / max(1, requests) * 1000:.2f} ms"
+    )
 
 
 if __name__ == "__main__":

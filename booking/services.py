@@ -654,20 +654,22 @@ def book(
     if earlier is not None:
         return BookingResult(earlier, replayed=True)
     clinic_session = _check_bookable(session.get(ClinicSession, request.session_id), zone, now, online=True)
-    # Everything that does not need the number happens before the counter row is locked,
-    # so that the lock is held for as short a time as possible. A counter only goes up, so
-    # reading it full without the lock is already the final answer.
+    # The counter UPDATE ... RETURNING is the first statement that writes: a full session is
+    # refused by it before anything else is read or written (and, since a counter only goes
+    # up, remembered so that this process refuses it again without asking the database).
+    # Everything after it runs in a savepoint, so a refusal gives the number back.
     try:
-        if remaining_online(session, clinic_session) == 0:
+        if _known_full(session, clinic_session):
             raise _session_full(session, clinic_session, zone, now)
-        existing = _active_booking(session, clinic_session.id, request.patient_id)
-        if existing is not None:
-            raise _already_booked(existing)
-        _prepare_patient(session, request.patient_id, clinic_session)
         with session.begin_nested():
             number = allocate_queue_number(session, clinic_session, "online")
             if number is None:
                 raise _session_full(session, clinic_session, zone, now)
+            existing = _active_booking(session, clinic_session.id, request.patient_id)
+            if existing is not None:
+                raise _already_booked(existing)
+            _require_patient(session, request.patient_id)
+            grant_site_access(request.patient_id, clinic_session.clinic.site_id, reason="booking")
             booking = _new_booking(session, clinic_session, request, number, "online", now)
     except Conflict:
         # A concurrent request with the same key may have committed (taking the last number,
@@ -698,9 +700,32 @@ def book(
     return BookingResult(booking, replayed=False)
 
 
+# Sessions whose online numbers are all given out: a counter only goes up, so this process
+# may refuse them without asking the database again. The key names the database and the
+# session row (its creation time too, so a recreated database's session 1 is another one).
+_FULL_SESSIONS: set[tuple[str, int, str, int]] = set()
+_FULL_SESSIONS_LIMIT = 10_000
+
+
+def _full_key(session: Session, clinic_session: ClinicSession) -> tuple[str, int, str, int]:
+    return (
+        str(session.get_bind().engine.url),
+        clinic_session.id,
+        _aware(clinic_session.created_at).isoformat(),
+        clinic_session.online_capacity,
+    )
+
+
+def _known_full(session: Session, clinic_session: ClinicSession) -> bool:
+    return _full_key(session, clinic_session) in _FULL_SESSIONS
+
+
 def _session_full(
     session: Session, clinic_session: ClinicSession, zone: ZoneInfo, now: datetime
 ) -> SessionFull:
+    if len(_FULL_SESSIONS) >= _FULL_SESSIONS_LIMIT:
+        _FULL_SESSIONS.clear()
+    _FULL_SESSIONS.add(_full_key(session, clinic_session))
     following = next_session_with_room(session, clinic_session, zone, now)
     return SessionFull(
         extra={
@@ -710,8 +735,8 @@ def _session_full(
     )
 
 
-def _prepare_patient(session: Session, patient_id: str, clinic_session: ClinicSession) -> None:
-    """Check the patient exists and let the clinic's site see them (before any lock is taken).
+def _require_patient(session: Session, patient_id: str) -> None:
+    """Check the patient exists (before any lock is taken).
 
     Raises NotFound (PATIENT_NOT_FOUND) for an unknown or deleted patient.
     """
@@ -719,6 +744,14 @@ def _prepare_patient(session: Session, patient_id: str, clinic_session: ClinicSe
         store.read(session, "Patient", patient_id)
     except VetinhError:
         raise NotFound(N_("There is no such patient."), code="PATIENT_NOT_FOUND") from None
+
+
+def _prepare_patient(session: Session, patient_id: str, clinic_session: ClinicSession) -> None:
+    """Check the patient exists and let the clinic's site see them.
+
+    Raises NotFound (PATIENT_NOT_FOUND) for an unknown or deleted patient.
+    """
+    _require_patient(session, patient_id)
     grant_site_access(patient_id, clinic_session.clinic.site_id, reason="booking")
 
 
@@ -746,6 +779,7 @@ def _new_booking(
         created_at=now,
         checked_in_at=now if channel == "walkin" else None,
     )
+    booking.session = clinic_session  # already loaded: no query to find it again
     session.add(booking)
     session.flush()
     return booking

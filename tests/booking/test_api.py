@@ -199,3 +199,36 @@ def test_the_booking_api_is_in_the_openapi_document(client):
     assert any(p["name"] == "Idempotency-Key" for p in post["parameters"])
     assert "delete" in paths["/api/v1/bookings/{booking_id}"]
     assert "get" in paths["/api/v1/clinics/{clinic_id}/sessions"]
+
+
+def test_a_full_session_still_replays_earlier_keys_and_never_gives_a_number_back(
+    client, app, clinic, make_session, patient_user, make_token
+):
+    full = make_session(clinic.id, online=2)
+    first, second = patient_user(), patient_user()
+    first_token = make_token(first, "patient/*.*")
+    made = client.post("/api/v1/bookings", json={"session_id": full}, headers=bearer(first_token, "k-1"))
+    assert made.status_code == 201
+    # The patient who already holds a number is refused it again without using up the last one.
+    twice = client.post("/api/v1/bookings", json={"session_id": full}, headers=bearer(first_token))
+    assert twice.get_json()["code"] == "ALREADY_BOOKED"
+    last = client.post(
+        "/api/v1/bookings", json={"session_id": full}, headers=bearer(make_token(second, "patient/*.*"))
+    )
+    assert last.get_json()["queue_number"] == 2
+    for _ in range(3):
+        refused = client.post(
+            "/api/v1/bookings",
+            json={"session_id": full},
+            headers=bearer(make_token(patient_user(), "patient/*.*")),
+        )
+        assert refused.status_code == 409
+        assert refused.get_json()["code"] == "SESSION_FULL"
+        replay = client.post(
+            "/api/v1/bookings", json={"session_id": full}, headers=bearer(first_token, "k-1")
+        )
+        assert replay.status_code == 201
+        assert replay.get_json()["id"] == made.get_json()["id"]
+    with get_database(app).session_scope() as session:
+        assert session.get(SessionCounter, full).online_issued == 2
+    assert count_rows(app, Booking, session_id=full) == 2
