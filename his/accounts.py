@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import secrets
 from dataclasses import dataclass
@@ -16,12 +17,20 @@ from sqlalchemy.orm import Session
 from his.db import as_utc, utcnow
 from his.errors import N_, Conflict, NotFound, TooManyRequests, Unauthorized, ValidationFailed
 from his.identifiers import InvalidNationalId, validate_cccd
-from his.models import ROLES, STAFF_ROLES, ApiClient, ApiToken, LoginAttempt, Site, User
+from his.models import ROLES, STAFF_ROLES, ApiClient, ApiToken, LoginAttempt, Site, User, WebSession
 
 _hasher = PasswordHasher()
-# A hash of a random password, verified when the username is unknown so that timing does not
-# tell an attacker which usernames exist.
-_DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """Hash a random password once, on first use (hashing at import slowed every command).
+
+    It is verified when the username is unknown, so that timing does not tell an attacker
+    which usernames exist.
+    """
+    return _hasher.hash(secrets.token_urlsafe(16))
+
 
 DEFAULT_SCOPES: dict[str, str] = {
     "patient": "openid patient/*.read patient/*.write",
@@ -85,7 +94,7 @@ def authenticate(
     check_login_allowed(session, keys, limit=limit, window=window)
     user = session.scalar(select(User).where(func.lower(User.username) == username.lower()))
     if user is None:
-        verify_password(_DUMMY_HASH, password)
+        verify_password(_dummy_hash(), password)
         raise Unauthorized(N_("Wrong username or password."), code="LOGIN_FAILED")
     if not verify_password(user.password_hash, password) or not user.active:
         raise Unauthorized(N_("Wrong username or password."), code="LOGIN_FAILED")
@@ -121,29 +130,27 @@ class NewUser:
     patient_id: str | None = None
 
 
-def create_user(session: Session, new: NewUser) -> User:
-    """Create an account after checking every field.
+def new_user_errors(session: Session, new: NewUser) -> dict[str, str]:
+    """Check every field of a new account and return the problems by field (empty when fine).
 
-    Raises ValidationFailed naming each bad field, Conflict for a taken username or CCCD.
+    Writes nothing; a form shows all of these at once.
     """
     errors: dict[str, str] = {}
     username = new.username.strip()
     if not username or len(username) > 80 or not all(c.isalnum() or c in "._-" for c in username):
         errors["username"] = N_("Use letters, digits, dot, dash or underscore (at most 80).")
-    if len(new.password) < MIN_PASSWORD_LENGTH:
-        errors["password"] = N_("The password needs at least 8 characters.")
+    password_problem = password_error(new.password)
+    if password_problem:
+        errors["password"] = password_problem
     if not new.full_name.strip():
         errors["full_name"] = N_("The name is required.")
     if new.role not in ROLES:
         errors["role"] = N_("Unknown role.")
-    site: Site | None = None
     if new.role in STAFF_ROLES:
         if not new.site_code:
             errors["site"] = N_("Every staff member belongs to a site.")
-        else:
-            site = session.scalar(select(Site).where(Site.code == new.site_code))
-            if site is None:
-                errors["site"] = N_("Unknown site.")
+        elif session.scalar(select(Site.id).where(Site.code == new.site_code)) is None:
+            errors["site"] = N_("Unknown site.")
     if new.birth_date is not None and new.birth_date > date.today():
         errors["birth_date"] = N_("The date of birth cannot be in the future.")
     if new.sex is not None and new.sex not in {"male", "female", "other", "unknown"}:
@@ -152,14 +159,34 @@ def create_user(session: Session, new: NewUser) -> User:
         errors["email"] = N_("This is not an e-mail address.")
     if new.phone and not _valid_phone(new.phone):
         errors["phone"] = N_("A Vietnamese phone number has 10 digits and starts with 0.")
-    national_id = None
     if new.national_id:
         try:
-            national_id = validate_cccd(new.national_id, birth_date=new.birth_date, sex=new.sex)
+            validate_cccd(new.national_id, birth_date=new.birth_date, sex=new.sex)
         except InvalidNationalId as exc:
             errors["national_id"] = str(exc)
+    return errors
+
+
+def password_error(password: str) -> str | None:
+    """Return why a password is not acceptable, or None when it is."""
+    if len(password) < MIN_PASSWORD_LENGTH:
+        return N_("The password needs at least 8 characters.")
+    return None
+
+
+def create_user(session: Session, new: NewUser) -> User:
+    """Create an account after checking every field.
+
+    Raises ValidationFailed naming each bad field, Conflict for a taken username or CCCD.
+    """
+    errors = new_user_errors(session, new)
     if errors:
         raise ValidationFailed(N_("Some fields are not valid."), fields=errors)
+    username = new.username.strip()
+    site = session.scalar(select(Site).where(Site.code == new.site_code)) if new.role in STAFF_ROLES else None
+    national_id = (
+        validate_cccd(new.national_id, birth_date=new.birth_date, sex=new.sex) if new.national_id else None
+    )
     if session.scalar(select(User.id).where(func.lower(User.username) == username.lower())):
         raise Conflict(N_("This username is taken."), code="USERNAME_TAKEN", fields={"username": "taken"})
     if national_id and session.scalar(select(User.id).where(User.national_id == national_id)):
@@ -292,7 +319,7 @@ def authenticate_client(session: Session, client_id: str, secret: str) -> ApiCli
     """Return the active client with these credentials; raise Unauthorized otherwise."""
     client = session.scalar(select(ApiClient).where(ApiClient.client_id == client_id))
     if client is None:
-        verify_password(_DUMMY_HASH, secret)
+        verify_password(_dummy_hash(), secret)
         raise Unauthorized(N_("Wrong client credentials."), code="LOGIN_FAILED")
     if not client.active or not verify_password(client.secret_hash, secret):
         raise Unauthorized(N_("Wrong client credentials."), code="LOGIN_FAILED")
@@ -309,3 +336,49 @@ def purge_expired(session: Session, now: datetime | None = None) -> int:
         CursorResult[Any], session.execute(delete(WebSession).where(WebSession.expires_at <= moment))
     )
     return (tokens.rowcount or 0) + (sessions.rowcount or 0)
+
+
+def end_sessions(session: Session, user_id: int, *, keep_session_id: str | None = None) -> int:
+    """End a user's browser sessions and revoke their bearer tokens; return how many went.
+
+    ``keep_session_id`` spares the session the change is made from (a user resetting their
+    own password stays signed in there).
+    """
+    doomed = [
+        sid
+        for sid, data in session.execute(select(WebSession.id, WebSession.data))
+        if isinstance(data, dict) and data.get("user_id") == user_id and sid != keep_session_id
+    ]
+    ended = 0
+    if doomed:
+        ended += (
+            cast(
+                CursorResult[Any], session.execute(delete(WebSession).where(WebSession.id.in_(doomed)))
+            ).rowcount
+            or 0
+        )
+    tokens = cast(CursorResult[Any], session.execute(delete(ApiToken).where(ApiToken.user_id == user_id)))
+    return ended + (tokens.rowcount or 0)
+
+
+def set_active(session: Session, user: User, active: bool) -> None:
+    """Deactivate or reactivate an account; a deactivated user's sessions and tokens end at once."""
+    user.active = active
+    if not active:
+        end_sessions(session, user.id)
+    session.flush()
+
+
+def reset_password(
+    session: Session, user: User, password: str, *, keep_session_id: str | None = None
+) -> None:
+    """Give a user a new password and end their other sessions and tokens.
+
+    Raises ValidationFailed naming ``password`` when it breaks the password rules.
+    """
+    problem = password_error(password)
+    if problem:
+        raise ValidationFailed(N_("Some fields are not valid."), fields={"password": problem})
+    user.password_hash = hash_password(password)
+    end_sessions(session, user.id, keep_session_id=keep_session_id)
+    session.flush()

@@ -10,6 +10,7 @@ from flask import (
     Blueprint,
     Response,
     current_app,
+    flash,
     jsonify,
     redirect,
     render_template,
@@ -24,13 +25,22 @@ from sqlalchemy import func, select, text
 from werkzeug.wrappers import Response as BaseResponse
 
 from his import audit
-from his.accounts import authenticate, clear_failed_logins, record_failed_login
+from his.accounts import (
+    NewUser,
+    authenticate,
+    clear_failed_logins,
+    create_user,
+    new_user_errors,
+    record_failed_login,
+    reset_password,
+    set_active,
+)
 from his.db import begin_immediate, get_database, get_session
-from his.errors import NotFound, TooManyRequests, Unauthorized, ValidationFailed
+from his.errors import N_, Conflict, NotFound, TooManyRequests, Unauthorized, ValidationFailed
 from his.i18n import LOCALES, local_zone
 from his.models import AuditRecord, Site, User
 from his.navigation import add_nav_item, nav_items_for
-from his.patients import PatientDetails, register_patient_account
+from his.patients import PatientDetails, register_patient_account, validate_details
 from his.security import current_principal, login_required, roles_required
 
 bp = Blueprint(
@@ -50,6 +60,8 @@ ROLE_LABELS = {
 }
 
 add_nav_item("his.home", _l("Home"), set(ROLE_LABELS), icon="home", order=0)
+add_nav_item("his.users", _l("Users"), {"admin"}, icon="users", order=80)
+add_nav_item("his.sites", _l("Sites"), {"admin"}, icon="building", order=81)
 add_nav_item("his.audit_log", _l("Audit log"), {"admin"}, icon="shield", order=90)
 add_nav_item("api.docs", _l("API"), {"admin", "manager"}, icon="code", order=95)
 
@@ -185,24 +197,39 @@ def register() -> str | BaseResponse | tuple[str, int]:
     db = get_session()
     settings = current_app.extensions["vetinh.settings"]
     home_site = db.scalar(select(Site).where(Site.code == settings.site_code))
+    username, password = form.get("username", ""), form.get("password", "")
+    # Every field is checked before anything is written, so one submit shows every problem.
+    errors = new_user_errors(
+        db,
+        NewUser(
+            username=username,
+            password=password,
+            full_name=details.full_name,
+            role="patient",
+            email=details.email,
+            phone=details.phone,
+        ),
+    )
     try:
-        if birth_raw and birth_date is None:
-            raise ValidationFailed(fields={"birth_date": "Use the format dd/mm/yyyy."})
+        validate_details(details)
+    except ValidationFailed as exc:
+        errors.update(exc.fields)
+    if birth_raw and birth_date is None:
+        errors["birth_date"] = N_("Use the format dd/mm/yyyy.")
+    try:
+        if errors:
+            raise ValidationFailed(N_("Some fields are not valid."), fields=errors)
         user = register_patient_account(
             db,
             details,
-            username=form.get("username", ""),
-            password=form.get("password", ""),
+            username=username,
+            password=password,
             home_site_id=home_site.id if home_site else None,
         )
     except ValidationFailed as exc:
         return render_template("his/register.html", form=form, errors=exc.fields), exc.status
-    except Exception as exc:
-        from his.errors import Conflict
-
-        if isinstance(exc, Conflict):
-            return render_template("his/register.html", form=form, errors=exc.fields), 409
-        raise
+    except Conflict as exc:
+        return render_template("his/register.html", form=form, errors=exc.fields), exc.status
     audit.record("create", "Patient", user.patient_id, patient_id=user.patient_id)
     session.clear()
     session.rotate = True  # type: ignore[attr-defined]
@@ -252,11 +279,101 @@ def vendor(filename: str) -> Response:
 
 AUDIT_PAGE_SIZE = 50
 
+# What each audited action means, for the audit page; the raw code stays visible next to it.
+AUDIT_ACTION_LABELS = {
+    "access": _l("Opened a page"),
+    "amend": _l("Amended"),
+    "cancel": _l("Cancelled"),
+    "check": _l("Checked"),
+    "check-in": _l("Checked in"),
+    "create": _l("Created"),
+    "delete": _l("Deleted"),
+    "dispense": _l("Dispensed"),
+    "end": _l("Ended"),
+    "import": _l("Imported"),
+    "invite": _l("Invited"),
+    "join": _l("Joined"),
+    "leave": _l("Left"),
+    "login": _l("Logged in"),
+    "logout": _l("Logged out"),
+    "notify": _l("Notified"),
+    "pay": _l("Paid"),
+    "print": _l("Printed"),
+    "read": _l("Viewed"),
+    "record": _l("Started recording"),
+    "record-stop": _l("Stopped recording"),
+    "refund": _l("Refunded"),
+    "resolve": _l("Resolved"),
+    "search": _l("Searched"),
+    "sign": _l("Signed"),
+    "token": _l("Issued a token"),
+    "update": _l("Changed"),
+    "verify": _l("Verified"),
+    "write": _l("Wrote"),
+}
+
+# Names of the record types audit records most often point at.
+AUDIT_ENTITY_LABELS = {
+    "Annotation": _l("Slide annotation"),
+    "Appointment": _l("Appointment"),
+    "ChargeItem": _l("Charge"),
+    "Client": _l("API client"),
+    "Composition": _l("Medical record"),
+    "Coverage": _l("Health-insurance card"),
+    "DiagnosticReport": _l("Diagnostic report"),
+    "DocumentReference": _l("Document"),
+    "Encounter": _l("Encounter"),
+    "Invoice": _l("Invoice"),
+    "Page": _l("Page"),
+    "PathologyCase": _l("Pathology case"),
+    "Patient": _l("Patient"),
+    "PaymentNotification": _l("Payment notification"),
+    "Prescription": _l("Prescription"),
+    "PriceList": _l("Price list"),
+    "Provenance": _l("Signature"),
+    "QuestionnaireResponse": _l("Survey answer"),
+    "Receipt": _l("Receipt"),
+    "Report": _l("Statistics report"),
+    "ServiceRequest": _l("Request"),
+    "Slide": _l("Slide"),
+    "SlideLabel": _l("Slide label"),
+    "TelehealthRecording": _l("Call recording"),
+    "TelehealthRoom": _l("Video call"),
+    "User": _l("User"),
+    "Worklist": _l("Worklist"),
+}
+
+AUDIT_OUTCOME_LABELS = {"success": _l("Success"), "denied": _l("Denied"), "failure": _l("Failure")}
+
+
+def _patient_names(patient_ids: list[str]) -> dict[str, str]:
+    """Read the names of these patients from the FHIR store in one search."""
+    if not patient_ids:
+        return {}
+    from fhir import services as store
+
+    found = store.search(
+        get_session(),
+        "Patient",
+        [("_id", ",".join(patient_ids)), ("_count", str(len(patient_ids)))],
+    )
+    names: dict[str, str] = {}
+    for match in found.matches:
+        name = (match.resource.get("name") or [{}])[0]
+        text_name = name.get("text") or " ".join([name.get("family", ""), *name.get("given", [])]).strip()
+        if text_name:
+            names[match.id] = text_name
+    return names
+
 
 @bp.get("/admin/audit")
 @roles_required("admin")
 def audit_log() -> str:
-    """List audit records, newest first, filtered by user, patient, action, outcome and day."""
+    """List audit records, newest first, filtered by user, patient, action, outcome and day.
+
+    The patients' names on the page are read in one search, and that read is itself audited
+    once per page view.
+    """
     audit.flush()
     args = request.args
     query = select(AuditRecord)
@@ -285,6 +402,10 @@ def audit_log() -> str:
         .limit(AUDIT_PAGE_SIZE)
         .offset((page - 1) * AUDIT_PAGE_SIZE)
     ).all()
+    patient_ids = list(dict.fromkeys(row.patient_id for row in rows if row.patient_id))
+    patient_names = _patient_names(patient_ids)
+    if patient_ids:
+        audit.record("read", "Patient", None, detail="names on the audit log: " + " ".join(patient_ids))
     return render_template(
         "his/audit.html",
         rows=rows,
@@ -292,6 +413,10 @@ def audit_log() -> str:
         page=page,
         pages=max(1, -(-total // AUDIT_PAGE_SIZE)),
         filters={k: args.get(k, "") for k in [*filters, "day"]},
+        patient_names=patient_names,
+        action_labels=AUDIT_ACTION_LABELS,
+        entity_labels=AUDIT_ENTITY_LABELS,
+        outcome_labels=AUDIT_OUTCOME_LABELS,
     )
 
 
@@ -302,3 +427,153 @@ def account() -> str:
     principal = current_principal()
     user = get_session().get(User, principal.user_id) if principal.user_id else None
     return render_template("his/account.html", user=user)
+
+
+USERS_PAGE_SIZE = 50
+
+
+def _admin_user(user_id: int) -> User:
+    """Return the user an admin is working on; raise NotFound when there is none."""
+    user = get_session().get(User, user_id)
+    if user is None:
+        raise NotFound(N_("There is no such user."), fields={"user": str(user_id)})
+    return user
+
+
+@bp.get("/admin/users")
+@roles_required("admin")
+def users() -> str:
+    """List accounts, filtered by role, site, active state and a name or username."""
+    args = request.args
+    db = get_session()
+    query = select(User)
+    role = args.get("role", "").strip()
+    if role:
+        query = query.where(User.role == role)
+    site_code = args.get("site", "").strip()
+    if site_code:
+        query = query.join(Site, User.site_id == Site.id).where(Site.code == site_code)
+    state = args.get("active", "").strip()
+    if state in {"1", "0"}:
+        query = query.where(User.active.is_(state == "1"))
+    needle = args.get("q", "").strip()
+    if needle:
+        pattern = f"%{needle.lower()}%"
+        query = query.where(
+            func.lower(User.username).like(pattern) | func.lower(User.full_name).like(pattern)
+        )
+    page = max(1, args.get("page", 1, type=int) or 1)
+    total = db.scalar(select(func.count()).select_from(query.subquery())) or 0
+    rows = db.scalars(
+        query.order_by(User.username).limit(USERS_PAGE_SIZE).offset((page - 1) * USERS_PAGE_SIZE)
+    ).all()
+    return render_template(
+        "his/users.html",
+        users=rows,
+        total=total,
+        page=page,
+        pages=max(1, -(-total // USERS_PAGE_SIZE)),
+        filters={"role": role, "site": site_code, "active": state, "q": needle},
+        sites=db.scalars(select(Site).order_by(Site.code)).all(),
+    )
+
+
+STAFF_ROLE_CHOICES = [role for role in ROLE_LABELS if role != "patient"]
+
+
+@bp.route("/admin/users/new", methods=["GET", "POST"])
+@roles_required("admin")
+def user_create() -> str | BaseResponse | tuple[str, int]:
+    """Create a staff account with an initial password."""
+    db = get_session()
+    sites = db.scalars(select(Site).order_by(Site.code)).all()
+    if request.method == "GET":
+        return render_template("his/user_new.html", form={}, errors={}, sites=sites, roles=STAFF_ROLE_CHOICES)
+    form = request.form
+    role = form.get("role", "")
+    new = NewUser(
+        username=form.get("username", ""),
+        password=form.get("password", ""),
+        full_name=form.get("full_name", ""),
+        role=role,
+        site_code=form.get("site", "").strip() or None,
+    )
+    errors = new_user_errors(db, new)
+    if role not in STAFF_ROLE_CHOICES:
+        # Patients register themselves (or at the desk) so that their FHIR Patient exists.
+        errors["role"] = N_("Choose a staff role.")
+    try:
+        if errors:
+            raise ValidationFailed(N_("Some fields are not valid."), fields=errors)
+        user = create_user(db, new)
+    except (ValidationFailed, Conflict) as exc:
+        audit.record("create", "User", None, outcome="failure", detail=", ".join(sorted(exc.fields)))
+        page = render_template(
+            "his/user_new.html", form=form, errors=exc.fields, sites=sites, roles=STAFF_ROLE_CHOICES
+        )
+        return page, exc.status
+    audit.record("create", "User", str(user.id), detail=f"{user.username} ({user.role})")
+    flash(_("The account %(username)s was created.", username=user.username), "success")
+    return redirect(url_for("his.users", q=user.username))
+
+
+@bp.post("/admin/users/<int:user_id>/active")
+@roles_required("admin")
+def user_set_active(user_id: int) -> BaseResponse:
+    """Deactivate an account (its sessions and tokens end) or reactivate it."""
+    user = _admin_user(user_id)
+    active = request.form.get("active") == "1"
+    if not active and user.id == current_principal().user_id:
+        raise Conflict(N_("You cannot deactivate your own account."), fields={"active": "self"})
+    set_active(get_session(), user, active)
+    audit.record("update", "User", str(user.id), detail="reactivated" if active else "deactivated")
+    if active:
+        flash(_("%(username)s can log in again.", username=user.username), "success")
+    else:
+        flash(_("%(username)s can no longer log in.", username=user.username), "success")
+    return redirect(_safe_next(request.form.get("next") or url_for("his.users")))
+
+
+@bp.route("/admin/users/<int:user_id>/password", methods=["GET", "POST"])
+@roles_required("admin")
+def user_password(user_id: int) -> str | BaseResponse | tuple[str, int]:
+    """Set a new password for a user; their other sessions and tokens end."""
+    user = _admin_user(user_id)
+    if request.method == "GET":
+        return render_template("his/user_password.html", user=user, errors={})
+    try:
+        reset_password(get_session(), user, request.form.get("password", ""), keep_session_id=_session_id())
+    except ValidationFailed as exc:
+        audit.record("update", "User", str(user.id), outcome="failure", detail="password reset refused")
+        return render_template("his/user_password.html", user=user, errors=exc.fields), exc.status
+    audit.record("update", "User", str(user.id), detail="password reset")
+    flash(_("The password of %(username)s was changed.", username=user.username), "success")
+    return redirect(url_for("his.users", q=user.username))
+
+
+def _session_id() -> str | None:
+    """Return the id of the browser session making this request, if any."""
+    return getattr(session, "sid", None)
+
+
+@bp.get("/admin/sites")
+@roles_required("admin")
+def sites() -> str:
+    """List the hospitals (read-only)."""
+    db = get_session()
+    counts = dict(
+        db.execute(
+            select(User.site_id, func.count()).where(User.site_id.is_not(None)).group_by(User.site_id)
+        ).all()
+    )
+    return render_template(
+        "his/sites.html",
+        sites=db.scalars(select(Site).order_by(Site.kind.desc(), Site.code)).all(),
+        counts=counts,
+    )
+
+
+@bp.get("/favicon.ico")
+def favicon() -> BaseResponse:
+    """Answer browsers that ask for the classic icon with the SVG one."""
+    return redirect(url_for("his.static", filename="favicon.svg"), code=301)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import date
+
 from sqlalchemy import select
 
+from his import audit
 from his.db import get_database
 from his.models import AuditRecord
 from tests.conftest import login
@@ -48,3 +51,43 @@ def test_batched_audit_records_are_written_on_close(app, test_database):
     writer.close()
     with get_database(app).session_scope() as db:
         assert db.scalar(select(AuditRecord.id).where(AuditRecord.entity_id == "p1")) is not None
+
+
+def test_audit_page_shows_labels_names_and_keeps_the_codes(client, make_user, app):
+    from his.patients import PatientDetails, create_patient
+
+    with get_database(app).session_scope() as db:
+        patient_id = create_patient(
+            db,
+            PatientDetails(full_name="Hoàng Thị Mai", birth_date=date(1985, 3, 2), sex="female"),
+            site_id=None,
+        )
+    make_user("admin", username="admin")
+    with app.test_request_context("/"):
+        audit.record("read", "Appointment", "f7777184-aaaa", patient_id=patient_id)
+        audit.record("search", "PathologyCase", None, outcome="denied")
+    login(client, "admin")
+    text = client.get("/admin/audit").get_data(as_text=True)
+    assert "Hoàng Thị Mai" in text
+    assert f'title="{patient_id}"' in text
+    assert patient_id[:8] in text
+    assert '<span title="read">Xem</span>' in text
+    assert '<span title="Appointment">Lịch hẹn</span>' in text
+    assert '<span title="search">Tìm kiếm</span>' in text
+    assert '<span title="PathologyCase">Ca giải phẫu bệnh</span>' in text
+    assert '<span title="login">Đăng nhập</span>' in text
+    assert '<code class="muted code-small">login</code>' in text
+    assert 'badge-denied" title="denied"' in text
+    filtered = client.get("/admin/audit?action=search").get_data(as_text=True)
+    assert '<span title="PathologyCase">' in filtered
+    assert "Hoàng Thị Mai" not in filtered
+    by_type = client.get("/admin/audit?entity_type=Appointment").get_data(as_text=True)
+    assert "Hoàng Thị Mai" in by_type
+    assert '<span title="PathologyCase">' not in by_type
+    with get_database(app).session_scope() as db:
+        name_reads = db.scalars(
+            select(AuditRecord.detail).where(
+                AuditRecord.entity_type == "Patient", AuditRecord.action == "read"
+            )
+        ).all()
+    assert name_reads == [f"names on the audit log: {patient_id}"] * 2

@@ -171,3 +171,24 @@ def test_staff_logging_in_at_the_same_moment_all_get_in(live_server, make_user):
     for thread in threads:
         thread.join(timeout=120)
     assert outcomes == {user.username: (302, 200) for user in users}
+
+
+def test_registration_reports_every_bad_field_in_one_round_and_writes_nothing(client, app):
+    token = csrf_token(client, "/register")
+    form = {
+        "csrf_token": token,
+        "full_name": "Nguyễn Thị Bình",
+        "birth_date": "1990-05-04",
+        "sex": "",
+        "phone": "abc",
+        "national_id": "12",
+        "username": "binh",
+        "password": "short",
+    }
+    response = client.post("/register", data=form)
+    assert response.status_code == 422
+    text = response.get_data(as_text=True)
+    for field in ("sex", "national_id", "phone", "password"):
+        assert f'data-field="{field}"' in text, field
+    with get_database(app).session_scope() as db:
+        assert db.scalar(select(func.count()).select_from(User)) == 0
