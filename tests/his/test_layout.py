@@ -60,3 +60,24 @@ def test_the_stylesheet_is_served(client):
     with client.get(href) as css:
         assert css.status_code == 200
         assert b"--brand" in css.data
+
+
+def test_every_page_links_a_favicon_that_is_served(client):
+    page = client.get("/login").get_data(as_text=True)
+    href = re.search(r'<link rel="icon" href="([^"]+)" type="image/svg\+xml">', page).group(1)
+    with client.get(href) as icon:
+        assert icon.status_code == 200
+        assert icon.mimetype == "image/svg+xml"
+        assert b"<svg" in icon.data
+    legacy = client.get("/favicon.ico")
+    assert legacy.status_code == 301
+    assert legacy.headers["Location"].endswith(href)
+
+
+def test_the_receptionist_home_promises_only_what_has_a_page(app, make_user):
+    client = app.test_client()
+    make_user("receptionist", username="desk")
+    login(client, "desk")
+    page = client.get("/").get_data(as_text=True)
+    assert "thẻ BHYT" not in page
+    assert "Đăng ký bệnh nhân vãng lai và tiếp đón bệnh nhân đã đặt lịch." in page
