@@ -33,7 +33,38 @@ def _settings() -> Settings:
     return settings
 
 
-main = FlaskGroup(
+# Commands that contexts add to the app (blueprint CLI commands), with their one-line help.
+# ``vetinh --help`` lists them from here instead of building the whole app, which imports
+# every context (PDF fonts, aiortc, OpenSlide) and took seconds; running one still loads it.
+APP_COMMANDS: dict[str, str] = {
+    "import-drugs": "Add or update drugs of the catalogue from a CSV file.",
+    "import-signing-key": "Give a doctor or pharmacist a key and certificate from a real CA.",
+    "media": "Run the media service (aiortc echo peers) as its own process.",
+    "send-prescriptions": "Send the signed prescriptions waiting in the outbox once.",
+    "verify": "Verify a signed record by Provenance id, encounter id or prescription code.",
+}
+
+
+class VetinhGroup(FlaskGroup):
+    """The ``vetinh`` command; its help is written without loading the app."""
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """List our own commands and the app's known ones, without building the app."""
+        rows: list[tuple[str, str]] = []
+        for name in sorted({*self.commands, *APP_COMMANDS}):
+            command = self.commands.get(name)
+            if command is not None:
+                if command.hidden:
+                    continue
+                rows.append((name, command.get_short_help_str(formatter.width - 6 - len(name))))
+            else:
+                rows.append((name, APP_COMMANDS[name]))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+main = VetinhGroup(
     name="vetinh",
     create_app=_create_app,
     add_default_commands=False,

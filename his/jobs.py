@@ -314,6 +314,23 @@ def _outcome(events: list[JobExecutionEvent]) -> tuple[str, str | None]:
     return "success", None
 
 
+LOG_LEVEL_KEY = "VETINH_LOG_LEVEL"
+
+
+def scheduler_log_level(app: Flask) -> int:
+    """Return the level for APScheduler's own loggers: WARNING unless asked for more.
+
+    APScheduler logs every run at INFO ("Running job ...", every few seconds), which buries
+    the server's own lines. ``VETINH_LOG_LEVEL`` (app config, else the environment) set to
+    INFO or DEBUG brings those lines back.
+    """
+    raw = app.config.get(LOG_LEVEL_KEY) or os.environ.get(LOG_LEVEL_KEY) or ""
+    asked = logging.getLevelName(str(raw).strip().upper()) if raw else None
+    if isinstance(asked, int):
+        return min(asked, logging.WARNING)
+    return logging.WARNING
+
+
 class VetinhScheduler:
     """One APScheduler scheduler bound to an app, its job store and its leases."""
 
@@ -325,6 +342,7 @@ class VetinhScheduler:
         workers: int = DEFAULT_WORKERS,
     ) -> None:
         self.app = app
+        logging.getLogger("apscheduler").setLevel(scheduler_log_level(app))
         database = get_database(app)
         self.leases = JobLeases(database, lease_seconds=lease_seconds)
         settings = app.extensions.get("vetinh.settings")

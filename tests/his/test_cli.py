@@ -80,3 +80,29 @@ def test_user_create_refuses_a_staff_user_without_site(app, sites):
 def test_db_upgrade_is_idempotent(test_database):
     upgrade_database(test_database.url)
     upgrade_database(test_database.url)
+
+
+def test_help_lists_every_command_without_building_the_app(app):
+    import subprocess
+    import sys
+
+    from his.cli import APP_COMMANDS
+
+    with app.app_context():
+        app_commands = set(app.cli.list_commands(None))  # type: ignore[arg-type]
+    assert app_commands == set(APP_COMMANDS), "APP_COMMANDS must name the commands the contexts add"
+    probe = (
+        "import sys\n"
+        "from his.cli import main\n"
+        "try:\n"
+        "    main(['--help'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print('LOADED', sorted(m for m in ('billing.views', 'telehealth.views', 'fpdf') if m in sys.modules))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=120
+    )
+    for name in [*APP_COMMANDS, "run", "db", "demo", "scheduler", "user", "token", "client"]:
+        assert f"  {name} " in result.stdout, name
+    assert "LOADED []" in result.stdout

@@ -197,3 +197,32 @@ def test_migration_creates_the_scheduler_tables(tmp_path: Any) -> None:
         assert not {"job_leases", "scheduler_jobs"} & names
     finally:
         engine.dispose()
+
+
+def _ticks_logged(test_database: Any, settings_overrides: dict[str, Any], caplog: Any, **extra: Any) -> bool:
+    import logging
+
+    ran = threading.Event()
+    jobs.register_job("test.quiet", lambda app: ran.set(), "interval", seconds=1)
+    caplog.set_level(logging.INFO)
+    app = create_app(
+        database_url=test_database.url, **{**settings_overrides, "scheduler_enabled": True, **extra}
+    )
+    scheduler = app.extensions[jobs.SCHEDULER_KEY]
+    try:
+        assert ran.wait(5)
+        time.sleep(0.2)
+    finally:
+        scheduler.shutdown()
+        app.extensions["vetinh.audit"].close()
+        get_database(app).dispose()
+        jobs.unregister_job("test.quiet")
+    return any(r.name.startswith("apscheduler") and "Running job" in r.getMessage() for r in caplog.records)
+
+
+def test_the_scheduler_does_not_log_every_run_unless_asked(
+    test_database: Any, settings_overrides: dict[str, Any], caplog: Any
+) -> None:
+    assert not _ticks_logged(test_database, settings_overrides, caplog)
+    caplog.clear()
+    assert _ticks_logged(test_database, settings_overrides, caplog, extra={"vetinh_log_level": "info"})
