@@ -5,10 +5,12 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from datetime import date, datetime
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import click
+from cryptography import x509
+from cryptography.x509.oid import NameOID
 from flask import Blueprint, Response, current_app, jsonify, redirect, render_template, request, url_for
 from flask.cli import with_appcontext
 from flask_babel import get_locale
@@ -22,7 +24,7 @@ from his import audit
 from his.db import begin_immediate, get_database, get_session
 from his.errors import Conflict, Forbidden, NotFound, ValidationFailed, VetinhError
 from his.events import publish
-from his.i18n import local_zone
+from his.i18n import format_day, local_zone
 from his.models import Site, User
 from his.navigation import add_nav_item
 from his.openapi import api_doc
@@ -30,7 +32,7 @@ from his.policy import ensure_patient_access
 from his.records import demo as _demo  # noqa: F401 - registers the demo loader
 from his.records import jobs as _jobs  # noqa: F401 - registers the outbox job
 from his.records import pharmacy, services, signatures
-from his.records.catalogue import orderable_services, search_icd10
+from his.records.catalogue import icd10, orderable_services, search_icd10
 from his.records.models import OutboxMessage, Prescription, Signature
 from his.records.national import errors_of
 from his.records.services import Actor, DraftLine, DraftPrescription, Vitals
@@ -61,9 +63,10 @@ def _take_sqlite_write_lock() -> None:
     A transaction that read first and writes later fails with "database is locked" when
     another writer got in between (two pharmacists dispensing one prescription); holding
     the lock from the start makes them wait their turn. PostgreSQL needs nothing: the
-    dispensing UPDATE re-checks its condition on the locked row.
+    dispensing UPDATE re-checks its condition on the locked row. Opening an encounter is a
+    GET that writes too (it puts the encounter in progress), so it takes the lock as well.
     """
-    if request.method != "POST":
+    if request.method != "POST" and request.endpoint != "records.encounter":
         return
     session = get_session()
     if session.get_bind().dialect.name != "sqlite":
@@ -73,6 +76,96 @@ def _take_sqlite_write_lock() -> None:
             return
         session.commit()
     begin_immediate(session)
+
+
+def _note_labels() -> dict[str, str]:
+    return {
+        "chief_complaint": _("Chief complaint"),
+        "history": _("History"),
+        "examination": _("Examination"),
+        "plan": _("Plan"),
+    }
+
+
+def _vital_labels() -> dict[str, tuple[str, str]]:
+    """Name each vital sign's LOINC code in the reader's language, with the unit as written on paper."""
+    return {
+        "85354-9": (_("Blood pressure"), "mmHg"),
+        "8867-4": (_("Pulse"), _("/min")),
+        "8310-5": (_("Temperature"), "°C"),
+        "9279-1": (_("Respiratory rate"), _("/min")),
+        "59408-5": (_("SpO2"), "%"),
+        "29463-7": (_("Weight"), "kg"),
+        "8302-2": (_("Height"), "cm"),
+        "39156-5": (_("BMI"), "kg/m²"),
+    }
+
+
+@bp.app_template_filter("record_date")
+def record_date(value: str | None) -> str:
+    """Show a FHIR date or dateTime as 23/11/2026 (a moment in the hospital's time zone)."""
+    text = (value or "").strip()
+    if not text:
+        return "—"
+    try:
+        if len(text) == 10:
+            return format_day(date.fromisoformat(text))
+        return format_day(datetime.fromisoformat(text.replace("Z", "+00:00")))
+    except ValueError:
+        return text
+
+
+@bp.app_template_filter("record_number")
+def record_number(value: Decimal | float | int | str | None, *, keep_zeros: bool = False) -> str:
+    """Show a number with a decimal comma in Vietnamese, without trailing zeros unless told to keep them."""
+    if value is None or value == "":
+        return "—"
+    try:
+        number = Decimal(str(value))
+    except InvalidOperation:
+        return str(value)
+    text = f"{number:f}"
+    if "." in text and not keep_zeros:
+        text = text.rstrip("0").rstrip(".")
+    return text.replace(".", ",") if _locale() == "vi" else text
+
+
+@bp.app_template_filter("diagnosis_title")
+def diagnosis_title(code: str, recorded: str = "") -> str:
+    """Title an ICD-10 code in the reader's language (the record keeps the Vietnamese title)."""
+    entry = icd10(code or "")
+    if entry is None:
+        return recorded
+    return entry.en if _locale() == "en" else (recorded or entry.vi)
+
+
+@bp.app_template_filter("diagnosis_line")
+def diagnosis_line(line: str) -> str:
+    """Retitle a "CODE title" line of a past visit in the reader's language."""
+    code, _sep, recorded = (line or "").partition(" ")
+    return f"{code} {diagnosis_title(code, recorded)}".strip()
+
+
+@bp.app_template_filter("record_month")
+def record_month(value: str) -> str:
+    """Show a ``YYYY-MM`` month as 11/2026."""
+    year, _sep, month = (value or "").partition("-")
+    return f"{month}/{year}" if year and month else value
+
+
+@bp.app_template_filter("signer_name")
+def signer_name(subject: str | None) -> str:
+    """Show a certificate subject (``CN=…,O=…,C=VN``) as "name, organisation"."""
+    try:
+        name = x509.Name.from_rfc4514_string(subject or "")
+    except ValueError:
+        return subject or ""
+    parts = [
+        str(attribute.value)
+        for oid in (NameOID.COMMON_NAME, NameOID.ORGANIZATION_NAME)
+        for attribute in name.get_attributes_for_oid(oid)
+    ]
+    return ", ".join(parts) or (subject or "")
 
 
 def _actor() -> Actor:
@@ -178,6 +271,8 @@ def _render_encounter(
         orderable=orderable_services().values(),
         locale=_locale(),
         category_labels=_order_category_labels(),
+        vital_labels=_vital_labels(),
+        note_labels=_note_labels(),
     )
     return html, status
 

@@ -81,7 +81,8 @@ def test_antibiotic_share_and_ddd_per_thousand_visits(
     login(client, "giamdoc")
     page = client.get("/records/reports/antibiotics").get_data(as_text=True)
     assert 'data-testid="chart"' in page
-    assert "2500.0" in page
+    assert "2500,0" in page  # a decimal comma on the Vietnamese page
+    assert f"{TODAY.month:02d}/{TODAY.year}" in page  # the month as 11/2026, not 2026-11
     exported = client.get("/records/reports/antibiotics", query_string={"format": "csv"})
     assert exported.mimetype == "text/csv"
     (line,) = list(csv.DictReader(io.StringIO(exported.get_data(as_text=True))))
