@@ -11,7 +11,7 @@ import csv
 import io
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -615,7 +615,17 @@ def past_encounters(
                 "signed": is_signed(session, match.id),
             }
         )
+    # The store sorts by the whole period; a visit still open (no end) would come first.
+    visits.sort(key=lambda visit: _start_moment(visit["start"]), reverse=True)
     return visits[:limit]
+
+
+def _start_moment(text: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return datetime.min.replace(tzinfo=UTC)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _drug_row(drug_row: Mapping[str, str]) -> dict[str, str]:

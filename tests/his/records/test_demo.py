@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import re
+from datetime import date
 
 from flask import Flask
 from sqlalchemy import select
@@ -43,6 +44,12 @@ def test_the_demo_gives_every_role_records_to_work_with(app: Flask, test_databas
     assert "I10" in mine  # the visit weeks ago
     assert "J02.0" in mine  # yesterday's, with the antibiotic
     assert len(re.findall(r'data-testid="my-prescription"', mine)) == 2
+    visits = mine[
+        mine.index('data-testid="visits"') : mine.index("</ul>", mine.index('data-testid="visits"'))
+    ]
+    days = [date(int(y), int(m), int(d)) for d, m, y in re.findall(r"<li>(\d\d)/(\d\d)/(\d{4})", visits)]
+    assert len(days) >= 2
+    assert days == sorted(days, reverse=True)  # newest visit first
     pdf_links = re.findall(r'href="([^"]+)" data-testid="pdf-link"', mine)
     assert len(pdf_links) == 2
     pdf = patient.get(pdf_links[0])
