@@ -289,7 +289,8 @@ def sheet_of(
     )
 
 
-def _quantity(value: Decimal) -> str:
+def format_quantity(value: Decimal) -> str:
+    """Write a quantity without trailing zeros or an exponent, with a decimal comma: ``10``, ``1,5``."""
     text = format(value.normalize(), "f")
     return text.replace(".", ",")
 
@@ -377,7 +378,7 @@ def render_pdf(app: Flask, sheet: ReceiptSheet) -> bytes:
                 str(index),
                 line.description,
                 line.unit,
-                _quantity(line.quantity),
+                format_quantity(line.quantity),
                 _price(line.unit_price),
                 _price(line.total),
                 _price(line.fund),

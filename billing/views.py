@@ -62,7 +62,15 @@ from billing.payments import (
     verify_signature,
     vietqr_payload,
 )
-from billing.receipts import ReceiptUnavailable, Seller, issue_receipt, receipt_of, render_pdf, sheet_of
+from billing.receipts import (
+    ReceiptUnavailable,
+    Seller,
+    format_quantity,
+    issue_receipt,
+    receipt_of,
+    render_pdf,
+    sheet_of,
+)
 from billing.reports import daily_report as build_daily_report
 from billing.reports import report_csv
 from billing.rules import FacilityLevel
@@ -850,6 +858,9 @@ REASON_LABELS = {
     "unmatched": _l("No matching invoice"),
     "closed": _l("Invoice already paid"),
 }
+
+
+bp.add_app_template_filter(format_quantity, "quantity")
 
 
 @bp.context_processor

@@ -114,3 +114,20 @@ def test_the_public_price_list_is_readable_on_a_phone(app, live_server, tmp_path
             row.locator(".price-name").bounding_box()["y"]
             < row.get_by_test_id("price-amount").bounding_box()["y"]
         )
+
+
+def test_the_patients_invoice_with_its_qr_fits_a_phone_screen(app, live_server, make_user, invoice, patient):
+    owner = make_user("patient", username="benhnhan")
+    with get_database(app).session_scope() as session:
+        session.get(User, owner.id).patient_id = patient
+    with chromium() as browser:
+        page = browser.new_context(viewport={"width": 390, "height": 844}).new_page()
+        page.goto(live_server.url + "/login")
+        page.fill("input[name=username]", "benhnhan")
+        page.fill("input[name=password]", TEST_PASSWORD)
+        page.click("form.form button[type=submit]")
+        page.wait_for_url(live_server.url + "/")
+        page.goto(f"{live_server.url}/my/invoices/{invoice.id}")
+        expect(page.get_by_test_id("vietqr").locator("img")).to_be_visible()
+        # The long VietQR payload wraps instead of widening the page.
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390

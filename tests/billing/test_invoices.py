@@ -329,3 +329,10 @@ def test_a_card_registered_elsewhere_follows_the_referral_rules(app, prices, pat
         assert (invoice.fund, invoice.amount_due) == (0, invoice.total)
         # The same card at its own registered facility is paid at its level (80%).
         assert open_invoice(session, encounter, Facility(code="79001")).fund == Decimal("360480")
+
+
+def test_a_quantity_of_ten_reads_10_on_the_invoice_not_an_exponent(app, client, make_user, invoice):
+    login(client, make_user("cashier", site="DIST").username)
+    html = client.get(f"/billing/invoices/{invoice.id}").get_data(as_text=True)
+    assert "1E+1" not in html
+    assert '<td class="num">10</td>' in html
