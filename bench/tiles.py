@@ -14,7 +14,9 @@ tile rendered on request, no cache. Prints throughput and p50/p99 latency over a
 then separately for the tiles our server sent as stored in the file or from its cache and
 for those it had to render (its X-Tile-Source header says which; every baseline tile is
 rendered), the throughput ratio, and the server's resident memory against its tile cache
-size plus 200 MB (the peak while the memory run lasts, sampled every 0.2 s).
+size plus 200 MB (the peak while the memory run lasts, sampled every 0.2 s). The server's
+CPU time per request is printed too: unlike latency it barely moves when other work
+shares the machine.
 """
 
 from __future__ import annotations
@@ -228,6 +230,7 @@ class Run:
 
     rate: float
     samples: list[tuple[str, float]]
+    server_cpu_ms: float = float("nan")
 
     def latencies(self, sources: tuple[str, ...] | None = None) -> list[float]:
         return [ms for source, ms in self.samples if sources is None or source in sources]
@@ -277,6 +280,12 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def cpu_seconds(pid: int) -> float:
+    """Return the CPU time (user + system) a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class RssWatch:
@@ -362,7 +371,10 @@ def main() -> None:
                 layouts = [layout(session, f"{base}{prefix}{name}") for name in names]
                 results[kind] = {}
                 for clients in (1, 4):
-                    results[kind][clients] = run(layouts, headers, clients, args.requests // clients)
+                    cpu_before = cpu_seconds(server.pid)
+                    result = run(layouts, headers, clients, args.requests // clients)
+                    result.server_cpu_ms = (cpu_seconds(server.pid) - cpu_before) * 1000
+                    results[kind][clients] = result
                 rss[kind] = rss_mb(server.pid)
                 if kind == "ours" and args.memory_requests:
                     with RssWatch(server.pid) as watch:
@@ -384,7 +396,10 @@ def report(
 ) -> None:
     """Print the figures of every run and the targets."""
     print(f"tile requests per run: {count}; slides: {', '.join(SLIDES)}")
-    print(f"{'server':<10}{'clients':>8}{'tiles':>18}{'count':>7}{'req/s':>8}{'p50 ms':>9}{'p99 ms':>9}")
+    print(
+        f"{'server':<10}{'clients':>8}{'tiles':>18}{'count':>7}{'req/s':>8}{'p50 ms':>9}{'p99 ms':>9}"
+        f"{'server CPU ms/req':>19}"
+    )
     groups: list[tuple[str, tuple[str, ...] | None]] = [
         ("all", None),
         ("native or cached", FAST_SOURCES),
@@ -395,10 +410,11 @@ def report(
             for label, sources in groups:
                 latencies = result.latencies(sources)
                 rate = f"{result.rate:.0f}" if sources is None else ""
+                cpu = f"{result.server_cpu_ms / len(result.samples):.2f}" if sources is None else ""
                 print(
                     f"{kind:<10}{clients:>8}{label:>18}{len(latencies):>7}{rate:>8}"
                     f"{statistics.median(latencies) if latencies else float('nan'):>9.2f}"
-                    f"{percentile(latencies, 0.99):>9.2f}"
+                    f"{percentile(latencies, 0.99):>9.2f}{cpu:>19}"
                 )
     ours = results["ours"][4]
     if "baseline" in results:
