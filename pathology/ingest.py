@@ -30,6 +30,7 @@ from his.errors import N_, PayloadTooLarge, ValidationFailed
 from pathology.models import Slide
 from pathology.store import SlideStore
 from pathology.tiff import TiffStructureError, is_tiff_header, read_structure
+from pathology.transactions import take_write_lock
 
 WSI_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.77.1.6"
 CHUNK = 1024 * 1024
@@ -187,6 +188,13 @@ def accept_received(
             return IngestResult(existing, created=False)
         main = prepare(received, filename, max_bytes=max_bytes)
         facts = inspect_slide(main)
+        # The file work is done: only now take the write lock, and look again for the same
+        # file, which another request may have stored meanwhile.
+        take_write_lock(session)
+        existing = _existing(session, site_id, received.sha256)
+        if existing is not None:
+            store.discard(received.folder)
+            return IngestResult(existing, created=False)
         slide_id = uuid.uuid4().hex
         inside = main.relative_to(received.folder)
         accepted = store.accept(received.folder, site_code, slide_id)

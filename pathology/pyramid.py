@@ -137,9 +137,32 @@ def build_pyramid(
     target cannot be written (a partial target is removed).
     """
     slide = openslide.OpenSlide(str(source))
+    try:
+
+        def read(left: int, top: int, width: int, height: int) -> Image.Image:
+            return slide.read_region((left, top), 0, (width, height)).convert("RGB")
+
+        return write_pyramid(read, slide.dimensions, target, mpp=mpp, progress=progress)
+    finally:
+        slide.close()
+
+
+def write_pyramid(
+    read: Callable[[int, int, int, int], Image.Image],
+    size: tuple[int, int],
+    target: Path,
+    *,
+    mpp: tuple[float, float] | None,
+    progress: Callable[[float], None] | None = None,
+) -> int:
+    """Write a pyramidal tiled TIFF of an image of ``size`` px to ``target``; return its number of levels.
+
+    ``read(left, top, width, height)`` gives the full-resolution pixels of one region.
+    Raises OSError when the target cannot be written (a partial target is removed).
+    """
     partial = target.with_suffix(".part")
     try:
-        width, height = slide.dimensions
+        width, height = size
         sizes = [(width, height)]
         while max(sizes[-1]) > TILE:
             w, h = sizes[-1]
@@ -153,7 +176,7 @@ def build_pyramid(
                 level = _Level(w, h, [], [])
                 for row in range(level.down):
                     for col in range(level.across):
-                        tile = _padded(_render(slide, out, levels, index, col, row, w, h))
+                        tile = _padded(_render(read, out, levels, index, col, row, w, h))
                         data = _jpeg(tile)
                         level.offsets.append(out.seek(0, os.SEEK_END))
                         level.counts.append(len(data))
@@ -177,8 +200,6 @@ def build_pyramid(
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
-    finally:
-        slide.close()
     if progress is not None:
         progress(1.0)
     return len(levels)
@@ -190,7 +211,7 @@ def _entry_count(out: io.BufferedRandom, offset: int) -> int:
 
 
 def _render(
-    slide: openslide.OpenSlide,
+    read: Callable[[int, int, int, int], Image.Image],
     out: io.BufferedRandom,
     levels: list[_Level],
     index: int,
@@ -203,7 +224,7 @@ def _render(
     tile_w = min(TILE, width - col * TILE)
     tile_h = min(TILE, height - row * TILE)
     if index == 0:
-        return slide.read_region((col * TILE, row * TILE), 0, (tile_w, tile_h)).convert("RGB")
+        return read(col * TILE, row * TILE, tile_w, tile_h)
     below = levels[index - 1]
     canvas = Image.new("RGB", (2 * TILE, 2 * TILE), (255, 255, 255))
     for dy in (0, 1):

@@ -19,6 +19,7 @@ from datetime import datetime, timedelta
 from typing import IO
 
 from sqlalchemy import select
+from sqlalchemy.exc import InvalidRequestError
 from sqlalchemy.orm import Session
 
 from his.db import utcnow
@@ -27,6 +28,7 @@ from his.security import Principal
 from pathology.ingest import CHUNK, IngestResult, ReceivedFile, accept_received, too_large
 from pathology.models import SlideUpload
 from pathology.store import INCOMING, SlideStore
+from pathology.transactions import take_write_lock
 
 PART_NAME = "upload.part"
 DEFAULT_MAX_CHUNK = 16 * 1024 * 1024
@@ -193,10 +195,31 @@ def write_chunk(
         os.fsync(descriptor)
     finally:
         os.close(descriptor)
+    _lock_and_reload(session, upload)
+    if upload.received > where.end:
+        return upload  # the same chunk arrived twice at once; the other request recorded it
+    if upload.received != where.start:
+        raise Conflict(
+            N_("The chunk does not continue the upload; resume at the offset given."),
+            code="UPLOAD_OUT_OF_ORDER",
+            extra={"offset": upload.received},
+        )
     upload.received = where.end + 1
     upload.updated_at = utcnow()
     session.flush()
     return upload
+
+
+def _lock_and_reload(session: Session, upload: SlideUpload) -> None:
+    """Take the write lock once the file work is done, and read the upload again under it.
+
+    Raises UploadNotFound when another request finished or removed the upload meanwhile.
+    """
+    take_write_lock(session)
+    try:
+        session.refresh(upload)
+    except InvalidRequestError:
+        raise UploadNotFound() from None
 
 
 def complete_upload(
@@ -228,6 +251,7 @@ def complete_upload(
             N_("The file that arrived does not match its SHA-256; upload it again."),
             code="UPLOAD_CHECKSUM",
         )
+    _lock_and_reload(session, upload)
     session.delete(upload)
     session.flush()
     received = ReceivedFile(folder=folder, path=path, sha256=upload.sha256, size=upload.size)

@@ -51,6 +51,7 @@ from pathology.services import (
 )
 from pathology.store import slide_store
 from pathology.tiles import tile_server
+from pathology.transactions import take_write_lock
 from pathology.uploads import (
     DEFAULT_MAX_CHUNK,
     complete_upload,
@@ -106,6 +107,25 @@ SLIDE_OUTPUT = {
         "dzi": {"type": "string", "description": "URL of the Deep Zoom descriptor"},
     },
 }
+
+
+# These move files before they write (copy, hash, inspect): they take the lock themselves, once
+# the file work is done.
+_LOCK_AFTER_FILE_WORK = frozenset(
+    {
+        "pathology.upload_slide",
+        "pathology.upload_chunk_endpoint",
+        "pathology.complete_upload_endpoint",
+        "pathology.new_case_page",
+    }
+)
+
+
+@bp.before_request
+def _lock_for_writes() -> None:
+    """Begin a writing request's transaction with SQLite's write lock (see pathology.transactions)."""
+    if request.method in ("POST", "PUT", "PATCH", "DELETE") and request.endpoint not in _LOCK_AFTER_FILE_WORK:
+        take_write_lock(get_session())
 
 
 def pyramid_min_side() -> int:
@@ -483,6 +503,7 @@ def open_case(wanted: CaseRequest) -> ConsultCase:
     if wanted.patient_id.strip():
         ensure_patient_access(principal, wanted.patient_id.strip(), "write")
     session = get_session()
+    take_write_lock(session)
     case = create_case(session, principal, wanted)
     grant_site_access(case.patient_id, case.receiving_site_id, reason="consult")
     audit.record("create", "PathologyCase", case.id, patient_id=case.patient_id)
