@@ -14,7 +14,7 @@ from werkzeug.test import encode_multipart
 
 from his.models import User
 from tests.conftest import csrf_token, login
-from tests.pathology.helpers import WSI, SlideClient, register_patient
+from tests.pathology.helpers import WSI, SlideClient, open_case, register_patient
 
 
 def signed_in(app: Flask, user: User) -> FlaskClient:
@@ -92,3 +92,29 @@ def test_the_label_image_is_shown_only_to_doctors_and_pathologists_of_the_case(
     assert label_url not in viewer
     assert "0.499 × 0.499 µm" in viewer
     assert signed_in(app, pathologist).get(label_url).status_code == 403  # not in a case sent to them
+
+
+def _case_table_headers(page: str) -> list[str]:
+    table = page.split('data-testid="case-table"', 1)[1].split("</thead>", 1)[0]
+    return re.findall(r"<th>([^<]*)</th>", table)
+
+
+def test_case_lists_name_the_hospitals_and_tell_the_slide_columns_apart(
+    app: Flask, make_user: Callable[..., User], make_token: Callable[..., str]
+) -> None:
+    doctor = make_user("doctor", site="DIST")
+    pathologist = make_user("pathologist", site="CENT")
+    open_case(SlideClient(app.test_client(), make_token(doctor)))
+
+    worklist = _case_table_headers(
+        signed_in(app, pathologist).get("/pathology/worklist").get_data(as_text=True)
+    )
+    sent = _case_table_headers(signed_in(app, doctor).get("/pathology/cases").get_data(as_text=True))
+
+    # The pathologist sees which hospital sent the case; the district doctor where it went.
+    assert worklist[:3] == ["Ảnh tiêu bản", "Ca", "Nơi gửi"]
+    assert sent[:3] == ["Ảnh tiêu bản", "Ca", "Nơi nhận"]
+    for headers in (worklist, sent):
+        assert "Số tiêu bản" in headers
+        assert len(set(headers)) == len(headers), headers
+        assert not {"Từ ngày", "Đến ngày"} & set(headers)
