@@ -34,6 +34,7 @@ from pathology.cases import (
 from pathology.images import has_label
 from pathology.ingest import ingest
 from pathology.models import CASE_STATUSES, ConsultCase
+from pathology.patients import PatientMatch, find_patients
 from pathology.reports import get_report, save_draft, verify_report
 from pathology.services import (
     ensure_may_upload,
@@ -108,8 +109,18 @@ def new_case_page() -> str | BaseResponse | tuple[str, int]:
     principal = current_principal()
     form: dict[str, Any] = {}
     errors: dict[str, str] = {}
+    query = (request.args.get("q") or "").strip()
+    matches: list[PatientMatch] = []
+    if query:
+        try:
+            matches = find_patients(session, principal, query)
+        except ValidationFailed as error:
+            errors = {name: _(message) for name, message in error.fields.items()}
     if request.method == "POST":
         form = request.form.to_dict()
+        # A patient picked from the search results wins over an id typed by hand.
+        if form.get("patient_choice"):
+            form["patient_id"] = form["patient_choice"]
         slide_ids = request.form.getlist("slide_ids")
         uploaded: list[Path] = []
         try:
@@ -157,7 +168,14 @@ def new_case_page() -> str | BaseResponse | tuple[str, int]:
     sites = central_sites(session)
     slides = inbox_slides(session, principal.site_id) if principal.site_id else []
     page = render_template(
-        "pathology/new_case.html", form=form, errors=errors, sites=sites, slides=slides, chosen=form
+        "pathology/new_case.html",
+        form=form,
+        errors=errors,
+        sites=sites,
+        slides=slides,
+        chosen=form,
+        query=query,
+        matches=matches,
     )
     return (page, 422) if errors else page
 
