@@ -81,3 +81,9 @@ def test_the_receptionist_home_promises_only_what_has_a_page(app, make_user):
     page = client.get("/").get_data(as_text=True)
     assert "thẻ BHYT" not in page
     assert "Đăng ký bệnh nhân vãng lai và tiếp đón bệnh nhân đã đặt lịch." in page
+
+
+def test_a_visitor_finds_the_public_price_list_from_the_welcome_page(client):
+    page = client.get("/").get_data(as_text=True)
+    assert 'href="/prices"' in page
+    assert "Bảng giá" in page
