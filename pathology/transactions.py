@@ -12,6 +12,7 @@ the lock is held only for the short database part.
 
 from __future__ import annotations
 
+from flask import has_request_context
 from sqlalchemy.orm import Session
 
 from his.db import begin_immediate
@@ -22,9 +23,11 @@ _LOCKED = "pathology.write_locked"
 def take_write_lock(session: Session) -> None:
     """Make the session's current transaction one that holds SQLite's write lock.
 
-    A transaction that has only read so far is committed (nothing to lose; objects stay
-    loaded) and a new one is begun with the lock. A transaction that already holds the
-    lock, or already wrote (and so holds it), is kept. Does nothing on other databases.
+    In a request, a transaction that has only read so far is committed (nothing to lose;
+    objects stay loaded) and a new one is begun with the lock. A transaction that already
+    holds the lock or has changes to write is kept (writing them takes the lock), and so is
+    one outside a request (a job, the demo loader), whose caller owns it. Does nothing on
+    other databases.
     """
     if session.get_bind().dialect.name != "sqlite":
         return
@@ -32,7 +35,7 @@ def take_write_lock(session: Session) -> None:
     if transaction is not None:
         if session.info.get(_LOCKED) is transaction:
             return
-        if session.new or session.dirty or session.deleted:
+        if session.new or session.dirty or session.deleted or not has_request_context():
             # Writing now takes the lock for this transaction; it is kept as it is.
             session.flush()
             session.info[_LOCKED] = transaction

@@ -813,4 +813,4 @@ def sign_case_report(case: ConsultCase) -> None:
     )
 
 
-from pathology import jobs, pages  # noqa: E402, F401  (registers the pages and the jobs)
+from pathology import demo, jobs, pages  # noqa: E402, F401  (registers the pages, the jobs and the demo loader)
