@@ -246,17 +246,23 @@ def issue_token(
     return token, row
 
 
-def resolve_token(session: Session, token: str) -> ApiToken:
-    """Return the live token row for a bearer token.
+def resolve_token(session: Session, token: str) -> tuple[ApiToken, User | None]:
+    """Return the live token row for a bearer token and its user (None for a client's token).
 
-    Raises Unauthorized when the token is unknown (tampered), expired, or its owner is inactive.
+    The user comes in the same query: this runs on every API request.
+    Raises Unauthorized when the token is unknown (tampered) or expired.
     """
-    row = session.scalar(select(ApiToken).where(ApiToken.token_hash == _token_hash(token)))
-    if row is None:
+    found = session.execute(
+        select(ApiToken, User)
+        .outerjoin(User, User.id == ApiToken.user_id)
+        .where(ApiToken.token_hash == _token_hash(token))
+    ).first()
+    if found is None:
         raise Unauthorized(N_("The access token is not valid."), code="INVALID_TOKEN")
+    row, user = found
     if as_utc(row.expires_at) <= utcnow():
         raise Unauthorized(N_("The access token has expired."), code="TOKEN_EXPIRED")
-    return row
+    return row, user
 
 
 def narrow_scope(requested: str | None, allowed: str) -> str:

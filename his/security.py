@@ -92,10 +92,9 @@ def _resolve() -> Principal:
         kind, _, token = header.partition(" ")
         if kind.lower() != "bearer" or not token.strip():
             raise Unauthorized("Use 'Authorization: Bearer <token>'.", code="INVALID_TOKEN")
-        row = resolve_token(db, token.strip())
+        row, user = resolve_token(db, token.strip())
         scopes = frozenset(row.scope.split())
         if row.user_id is not None:
-            user = db.get(User, row.user_id)
             if user is None or not user.active:
                 raise Unauthorized("The access token is not valid.", code="INVALID_TOKEN")
             return principal_for_user(user, scopes)
