@@ -31,7 +31,7 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from datetime import time as clock
 from pathlib import Path
 from typing import Any
@@ -88,7 +88,8 @@ def prepare(database_url: str, clinics: int, numbers: int, patients: int) -> Set
         )
         token, _row = issue_token(session, user=user, scope="user/*.*", ttl_seconds=24 * 3600)
         department = services.create_department(session, site, code="KB", name="Khoa Khám bệnh")
-        today = datetime.now(ZONE).date()
+        # Tomorrow's sessions, the evening before: today's would close at 23:29 local time.
+        tomorrow = datetime.now(ZONE).date() + timedelta(days=1)
         session_ids = []
         for index in range(clinics):
             clinic = services.create_clinic(
@@ -101,7 +102,7 @@ def prepare(database_url: str, clinics: int, numbers: int, patients: int) -> Set
                 walkin_capacity=20,
             )
             row = services.create_session(
-                session, clinic, day=today, part="morning", starts=clock(0, 0), ends=clock(23, 59), zone=ZONE
+                session, clinic, day=tomorrow, part="morning", starts=clock(0, 0), ends=clock(23, 59), zone=ZONE
             )
             session_ids.append(row.id)
     patient_ids: list[str] = []
