@@ -102,7 +102,13 @@ def prepare(database_url: str, clinics: int, numbers: int, patients: int) -> Set
                 walkin_capacity=20,
             )
             row = services.create_session(
-                session, clinic, day=tomorrow, part="morning", starts=clock(0, 0), ends=clock(23, 59), zone=ZONE
+                session,
+                clinic,
+                day=tomorrow,
+                part="morning",
+                starts=clock(0, 0),
+                ends=clock(23, 59),
+                zone=ZONE,
             )
             session_ids.append(row.id)
     patient_ids: list[str] = []
