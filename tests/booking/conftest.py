@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import date, time
+from datetime import date, datetime, time, timedelta
 from typing import Any
 
 import pytest
@@ -77,6 +77,10 @@ def make_session(app: Flask) -> Callable[..., int]:
         doctor_id: int | None = None,
         video: bool = False,
     ) -> int:
+        if day is not None and day > local_today() and starts == time(0, 0):
+            # A later day's session starts in the morning, so its cancel cutoff (an hour
+            # before the start) is not reached in the last hour of today.
+            starts = time(7, 0)
         with app.app_context(), get_database(app).session_scope() as session:
             row = services.create_session(
                 session,
@@ -92,6 +96,11 @@ def make_session(app: Flask) -> Callable[..., int]:
                 minutes_per_patient=minutes,
                 video=video,
             )
+            if day is None and ends == time(23, 59):
+                # "All day long" must still hold in the day's last hour, when the window
+                # (closing 30 minutes before the end) and the cancel cutoffs would have passed:
+                # the default session runs on until 06:00 the next morning.
+                row.ends_at = datetime.combine(row.day + timedelta(days=1), time(6, 0), ZONE)
             return row.id
 
     return factory
