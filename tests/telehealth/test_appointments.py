@@ -28,7 +28,7 @@ from his.db import get_database
 from his.models import AuditRecord, PatientLink, Site, User
 from his.patients import PatientDetails, create_patient
 from telehealth.models import Participant, Room
-from tests.booking.helpers import ZONE, local_today, make_clinic
+from tests.booking.helpers import ZONE, make_clinic
 from tests.conftest import TEST_PASSWORD, LiveServer, csrf_token, login
 from tests.telehealth.conftest import CallPeople, call_headers
 
@@ -63,12 +63,14 @@ def _book(
         window_closes_minutes_before_end=0,
         cancel_minutes_before_start=0,
     )
-    starts = (_now_local() + starts_in).time().replace(second=0, microsecond=0)
+    # The session is on the day of its start, which is not today just around midnight.
+    start = (_now_local() + starts_in).replace(second=0, microsecond=0)
+    starts = min(start.time(), time(23, 58))
     with app.app_context(), get_database(app).session_scope() as session:
         row = booking.create_session(
             session,
             session.get(Clinic, clinic.id),  # type: ignore[arg-type]
-            day=local_today(),
+            day=start.date(),
             part="afternoon",
             starts=starts,
             ends=time(23, 59),
@@ -79,6 +81,8 @@ def _book(
             minutes_per_patient=10,
             video=video,
         )
+        # Open for hours whatever the time of day (23:59 may be minutes away).
+        row.ends_at = start + timedelta(hours=6)
         result = booking.book(
             session,
             booking.BookingRequest(session_id=row.id, patient_id=people.patient_id, booked_by=None),
