@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import io
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
@@ -43,8 +43,9 @@ class DailyReport:
 
 
 def _bounds(day: date, zone: ZoneInfo) -> tuple[datetime, datetime]:
+    # In UTC, as times are stored: SQLite compares the stored UTC text, not instants.
     start = datetime.combine(day, time(0), tzinfo=zone)
-    return start, start + timedelta(days=1)
+    return start.astimezone(UTC), (start + timedelta(days=1)).astimezone(UTC)
 
 
 def daily_report(session: Session, day: date, zone: ZoneInfo) -> DailyReport:

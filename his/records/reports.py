@@ -12,7 +12,7 @@ import csv
 import io
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -78,8 +78,9 @@ def _clinic(resource: dict[str, Any], default: str) -> str:
 
 def antibiotic_use(session: Session, site_id: int, start: date, end: date, zone: ZoneInfo) -> list[UseRow]:
     """Return antibiotic use of a site between two days (inclusive), by month, clinic and doctor."""
-    since = datetime.combine(start, time.min, tzinfo=zone)
-    until = datetime.combine(end + timedelta(days=1), time.min, tzinfo=zone)
+    # In UTC, as times are stored: SQLite compares the stored UTC text, not instants.
+    since = datetime.combine(start, time.min, tzinfo=zone).astimezone(UTC)
+    until = datetime.combine(end + timedelta(days=1), time.min, tzinfo=zone).astimezone(UTC)
     site = session.get(Site, site_id)
     signed = session.execute(
         select(Signature, User)

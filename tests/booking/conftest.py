@@ -70,7 +70,7 @@ def make_session(app: Flask) -> Callable[..., int]:
         day: date | None = None,
         part: str = "morning",
         starts: time = time(0, 0),
-        ends: time = time(23, 59),
+        ends: time | None = None,
         online: int = 10,
         walkin: int = 5,
         minutes: int = 5,
@@ -88,7 +88,7 @@ def make_session(app: Flask) -> Callable[..., int]:
                 day=day or local_today(),
                 part=part,
                 starts=starts,
-                ends=ends,
+                ends=ends or time(23, 59),
                 zone=ZONE,
                 doctor_id=doctor_id,
                 online_capacity=online,
@@ -96,7 +96,7 @@ def make_session(app: Flask) -> Callable[..., int]:
                 minutes_per_patient=minutes,
                 video=video,
             )
-            if day is None and ends == time(23, 59):
+            if day is None and ends is None:
                 # "All day long" must still hold in the day's last hour, when the window
                 # (closing 30 minutes before the end) and the cancel cutoffs would have passed:
                 # the default session runs on until 06:00 the next morning.

@@ -47,7 +47,7 @@ def test_a_clinic_that_opens_at_17_the_evening_before(client, app, sites, make_s
 
 def test_booking_after_the_window_closed(client, app, sites, make_session, patient_token):
     clinic = make_clinic(app, code="PK8", window_closes_minutes_before_end=24 * 60)
-    session_id = make_session(clinic.id)
+    session_id = make_session(clinic.id, ends=time(23, 59))
     response = _book(client, patient_token, session_id)
     assert response.status_code == 409
     assert response.get_json()["code"] == "WINDOW_CLOSED"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import date
+from datetime import datetime
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
@@ -34,7 +34,7 @@ def test_worklist_lists_todays_checked_in_patients_of_the_site_in_queue_order(
     first = make_visit(name="Lê Văn Một", queue=1)
     make_visit(name="Ở Trung Ương", site="CENT", queue=2)
     site = session.get(Site, sites["DIST"].id)
-    today = date.today()
+    today = datetime.now(ZONE).date()
     entries = services.worklist(session, site, today, ZONE)
     assert [(e.patient_name, e.queue_number, e.clinic) for e in entries] == [
         ("Lê Văn Một", 1, ""),

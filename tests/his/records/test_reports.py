@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Callable
-from datetime import date
+from datetime import datetime
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
@@ -21,8 +21,8 @@ from tests.conftest import login
 
 from .conftest import Visit, actor_of, unit_of_work
 
-TODAY = date.today()
 ZONE = ZoneInfo("Asia/Ho_Chi_Minh")
+TODAY = datetime.now(ZONE).date()  # the hospital's day, as the report counts it
 
 
 def test_ddd_follows_who_rules_for_combinations() -> None:
