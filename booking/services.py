@@ -20,7 +20,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, cast
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Table, func, select, update
+from sqlalchemy import Table, and_, bindparam, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -465,8 +465,9 @@ def next_session_with_room(
     session: Session, clinic_session: ClinicSession, zone: ZoneInfo, now: datetime
 ) -> ClinicSession | None:
     """Find the clinic's next open session, after this one, that still has online numbers."""
-    candidates = session.scalars(
-        select(ClinicSession)
+    clinic = clinic_session.clinic
+    candidates = session.execute(
+        select(ClinicSession.id, ClinicSession.ends_at)
         .join(SessionCounter, SessionCounter.session_id == ClinicSession.id)
         .where(
             ClinicSession.clinic_id == clinic_session.clinic_id,
@@ -477,9 +478,11 @@ def next_session_with_room(
         .order_by(ClinicSession.starts_at)
         .limit(10)
     ).all()
-    for candidate in candidates:
-        if booking_window(candidate.clinic, candidate, zone).state(now) != "closed":
-            return candidate
+    for candidate_id, ends_at in candidates:
+        # A later session of the same clinic is still bookable (or soon will be) until
+        # its window closes, which only its end moves.
+        if now < _aware(ends_at) - timedelta(minutes=clinic.window_closes_minutes_before_end):
+            return session.get(ClinicSession, candidate_id)
     return None
 
 
@@ -594,19 +597,38 @@ def planned_call_time(clinic_session: ClinicSession, number: int) -> datetime:
     )
 
 
+def _counter_update(issued: Any) -> Any:
+    return (
+        update(COUNTER_TABLE)
+        .where(COUNTER_TABLE.c.session_id == bindparam("id"), issued < bindparam("capacity"))
+        .values({issued: issued + 1})
+        .returning(issued)
+    )
+
+
+# Built once: the booking rush runs them thousands of times a minute.
+_TAKE_NUMBER = {
+    "online": _counter_update(COUNTER_TABLE.c.online_issued),
+    "walkin": _counter_update(COUNTER_TABLE.c.walkin_issued),
+}
+
+
 def allocate_queue_number(session: Session, clinic_session: ClinicSession, channel: str) -> int | None:
     """Take the session's next number of a channel by one atomic UPDATE, or None when none are left."""
     if channel == "online":
-        issued_col, capacity = COUNTER_TABLE.c.online_issued, clinic_session.online_capacity
-        first, step = clinic_session.online_first, clinic_session.online_step
+        capacity, first, step = (
+            clinic_session.online_capacity,
+            clinic_session.online_first,
+            clinic_session.online_step,
+        )
     else:
-        issued_col, capacity = COUNTER_TABLE.c.walkin_issued, clinic_session.walkin_capacity
-        first, step = clinic_session.walkin_first, clinic_session.walkin_step
+        capacity, first, step = (
+            clinic_session.walkin_capacity,
+            clinic_session.walkin_first,
+            clinic_session.walkin_step,
+        )
     issued = session.execute(
-        update(COUNTER_TABLE)
-        .where(COUNTER_TABLE.c.session_id == clinic_session.id, issued_col < capacity)
-        .values({issued_col: issued_col + 1})
-        .returning(issued_col)
+        _TAKE_NUMBER[channel], {"id": clinic_session.id, "capacity": capacity}
     ).scalar_one_or_none()
     if issued is None:
         return None
@@ -645,45 +667,47 @@ def book(
 ) -> BookingResult:
     """Give a patient the session's next online number, once per idempotency key.
 
-    Raises NotFound (no session), Conflict (SESSION_CANCELLED, SESSION_PAST, WINDOW_NOT_OPEN,
-    WINDOW_CLOSED, ALREADY_BOOKED), SessionFull (with the next session that has room) and
-    ValidationFailed (IDEMPOTENCY_KEY_REUSED).
+    Raises NotFound (no session, no patient), Conflict (SESSION_CANCELLED, SESSION_PAST,
+    WINDOW_NOT_OPEN, WINDOW_CLOSED, ALREADY_BOOKED), SessionFull (with the next session that
+    has room) and ValidationFailed (IDEMPOTENCY_KEY_REUSED).
     """
     now = now or utcnow()
-    earlier = _replay(session, request)
+    clinic_session = session.get(ClinicSession, request.session_id)
+    # Known before the look at earlier bookings: a session is known full only once every
+    # booking that took its numbers has committed, so that look sees this key's booking.
+    known_full = clinic_session is not None and _known_full(session, clinic_session)
+    earlier, existing = _earlier_bookings(session, request)
     if earlier is not None:
         return BookingResult(earlier, replayed=True)
-    clinic_session = _check_bookable(session.get(ClinicSession, request.session_id), zone, now, online=True)
-    # The counter UPDATE ... RETURNING is the first statement that writes: a full session is
-    # refused by it before anything else is read or written (and, since a counter only goes
-    # up, remembered so that this process refuses it again without asking the database).
-    # Everything after it runs in a savepoint, so a refusal gives the number back.
-    try:
-        if _known_full(session, clinic_session):
-            raise _session_full(session, clinic_session, zone, now)
-        with session.begin_nested():
-            number = allocate_queue_number(session, clinic_session, "online")
-            if number is None:
-                raise _session_full(session, clinic_session, zone, now)
-            existing = _active_booking(session, clinic_session.id, request.patient_id)
-            if existing is not None:
-                raise _already_booked(existing)
-            _require_patient(session, request.patient_id)
-            grant_site_access(request.patient_id, clinic_session.clinic.site_id, reason="booking")
-            booking = _new_booking(session, clinic_session, request, number, "online", now)
-    except Conflict:
-        # A concurrent request with the same key may have committed (taking the last number,
-        # or this patient's place) after the first look: then this is its replay.
-        earlier = _replay(session, request)
+    clinic_session = _check_bookable(clinic_session, zone, now, online=True)
+    if existing is not None:
+        raise _already_booked(existing)
+    if known_full:
+        raise _session_full(session, clinic_session, zone, now)
+    _require_patient(session, request.patient_id)
+    grant_site_access(request.patient_id, clinic_session.clinic.site_id, reason="booking")
+    # Everything is checked: from the counter UPDATE, which locks the session's counter row
+    # until the request commits, to the commit there are only writes, so concurrent
+    # bookings of the session wait on each other as briefly as possible. A failure rolls
+    # the whole transaction back, the number with it.
+    number = allocate_queue_number(session, clinic_session, "online")
+    if number is None:
+        # A concurrent request with the same key may have taken the last number after the
+        # first look: then this is its replay.
+        earlier, _ = _earlier_bookings(session, request)
         if earlier is not None:
             return BookingResult(earlier, replayed=True)
-        raise
+        raise _session_full(session, clinic_session, zone, now)
+    try:
+        booking = _new_booking(
+            session, clinic_session, request, number, "online", now, appointment_id=store.new_id()
+        )
     except IntegrityError:
         # A concurrent request with the same key, or for the same patient, committed first.
-        earlier = _replay(session, request)
+        session.rollback()
+        earlier, existing = _earlier_bookings(session, request)
         if earlier is not None:
             return BookingResult(earlier, replayed=True)
-        existing = _active_booking(session, clinic_session.id, request.patient_id)
         if existing is not None:
             raise _already_booked(existing) from None
         raise
@@ -698,6 +722,70 @@ def book(
         },
     )
     return BookingResult(booking, replayed=False)
+
+
+_EARLIER_BOOKINGS_QUERY = select(
+    Booking.id,
+    Booking.idempotency_owner,
+    Booking.idempotency_key,
+    Booking.request_fingerprint,
+    Booking.session_id,
+    Booking.patient_id,
+    Booking.status,
+).where(
+    or_(
+        and_(
+            Booking.idempotency_owner == bindparam("owner"),
+            Booking.idempotency_key == bindparam("key"),
+        ),
+        and_(
+            Booking.session_id == bindparam("session_id"),
+            Booking.patient_id == bindparam("patient_id"),
+            Booking.status != "cancelled",
+        ),
+    )
+)
+
+
+def _earlier_bookings(session: Session, request: BookingRequest) -> tuple[Booking | None, Booking | None]:
+    """Find, in one query, the booking this idempotency key made and the patient's active one.
+
+    Returns (replay, active booking in the session); the replay is None when the key is new.
+    Raises ValidationFailed when the key was used for a different booking.
+    """
+    rows = session.execute(
+        _EARLIER_BOOKINGS_QUERY,
+        {
+            # No booking has a null key, so a request without one matches no replay.
+            "owner": request.idempotency_owner if request.idempotency_key else None,
+            "key": request.idempotency_key,
+            "session_id": request.session_id,
+            "patient_id": request.patient_id,
+        },
+    ).all()
+    replay_id = active_id = None
+    for row in rows:
+        if request.idempotency_key and (row.idempotency_owner, row.idempotency_key) == (
+            request.idempotency_owner,
+            request.idempotency_key,
+        ):
+            if row.request_fingerprint != request.fingerprint():
+                raise ValidationFailed(
+                    N_("This Idempotency-Key was already used for a different booking."),
+                    code="IDEMPOTENCY_KEY_REUSED",
+                    fields={"Idempotency-Key": N_("Use a new key for a new booking.")},
+                )
+            replay_id = row.id
+        if (row.session_id, row.patient_id, row.status != "cancelled") == (
+            request.session_id,
+            request.patient_id,
+            True,
+        ):
+            active_id = row.id
+    return (
+        session.get(Booking, replay_id) if replay_id is not None else None,
+        session.get(Booking, active_id) if active_id is not None else None,
+    )
 
 
 # Sessions whose online numbers are all given out: a counter only goes up, so this process
@@ -740,10 +828,8 @@ def _require_patient(session: Session, patient_id: str) -> None:
 
     Raises NotFound (PATIENT_NOT_FOUND) for an unknown or deleted patient.
     """
-    try:
-        store.read(session, "Patient", patient_id)
-    except VetinhError:
-        raise NotFound(N_("There is no such patient."), code="PATIENT_NOT_FOUND") from None
+    if not store.exists(session, "Patient", patient_id):
+        raise NotFound(N_("There is no such patient."), code="PATIENT_NOT_FOUND")
 
 
 def _prepare_patient(session: Session, patient_id: str, clinic_session: ClinicSession) -> None:
@@ -762,8 +848,11 @@ def _new_booking(
     number: int,
     channel: str,
     now: datetime,
+    *,
+    appointment_id: str | None = None,
 ) -> Booking:
     booking = Booking(
+        appointment_id=appointment_id,
         session_id=clinic_session.id,
         patient_id=request.patient_id,
         channel=channel,
@@ -809,8 +898,10 @@ def _after_booking(session: Session, clinic_session: ClinicSession, booking: Boo
             video=clinic_session.video,
         ),
         check_references=False,
+        resource_id=booking.appointment_id,
     )
-    booking.appointment_id = stored.id
+    if booking.appointment_id != stored.id:
+        booking.appointment_id = stored.id
     last_online = (
         clinic_session.online_first + (clinic_session.online_capacity - 1) * clinic_session.online_step
     )

@@ -503,15 +503,24 @@ def check_found_references(
                 )
 
 
+def new_id() -> str:
+    """Return a fresh server id for a resource about to be created."""
+    return str(uuid.uuid4())
+
+
 def create(
     session: Session,
     resource: Mapping[str, Any] | str | bytes,
     *,
     if_none_exist: str | None = None,
     check_references: bool = True,
+    resource_id: str | None = None,
 ) -> StoredResource:
     """Create a resource with a new server id; with ``if_none_exist``, only if no match.
 
+    ``resource_id`` is an id the caller took from ``new_id()`` beforehand (so that its own
+    row can name the resource before it is written); any other id is the REST API's
+    create-on-update, which goes through ``update``.
     Returns the new version (``created=True``) or the one existing match.
     Raises ValidationFailed, BadRequest, PreconditionFailed (several matches).
     """
@@ -525,7 +534,7 @@ def create(
     if check_references:
         _check_references(session, [(rtype, parsed)])
     moment = _now()
-    rid = str(uuid.uuid4())
+    rid = resource_id or new_id()
     stamped = _stamp(text, parsed, rid, 1, moment)
     write = _Write(rtype, rid, 1, "POST", moment, moment, True, parsed, stamped)
     _apply(session, [write])
@@ -606,6 +615,17 @@ def match_identifiers(
         for key, conditions_of_key in wanted.items()
         for condition in conditions_of_key
     }
+
+
+_DELETED_FLAG_QUERY = select(FhirResource.deleted).where(
+    FhirResource.res_type == sa.bindparam("res_type"), FhirResource.res_id == sa.bindparam("res_id")
+)
+
+
+def exists(session: Session, resource_type: str, resource_id: str) -> bool:
+    """Tell whether a resource exists and is not deleted, without reading it."""
+    deleted = session.scalar(_DELETED_FLAG_QUERY, {"res_type": resource_type, "res_id": resource_id})
+    return deleted is False
 
 
 def read(session: Session, resource_type: str, resource_id: str) -> StoredResource:

@@ -8,7 +8,8 @@ clinical data. Every refusal raises Forbidden and leaves an audit record.
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from flask import g
+from sqlalchemy import bindparam, select
 
 from his import audit
 from his.db import get_session
@@ -36,15 +37,35 @@ def linked_patient_ids(principal: Principal) -> set[str]:
     return ids
 
 
+# Built once: every access check of a staff member runs it.
+_SITE_ACCESS_QUERY = select(PatientSiteAccess.id).where(
+    PatientSiteAccess.patient_id == bindparam("patient_id"), PatientSiteAccess.site_id == bindparam("site_id")
+)
+
+
+def _seen_pairs() -> set[tuple[int, str]]:
+    """Return the (site, patient) pairs this request already found or granted."""
+    pairs: set[tuple[int, str]] | None = g.get("_vetinh_site_patient_pairs")
+    if pairs is None:
+        pairs = g._vetinh_site_patient_pairs = set()
+    return pairs
+
+
 def site_may_see(site_id: int | None, patient_id: str) -> bool:
-    """Tell whether a site cares for, or was shared, this patient."""
+    """Tell whether a site cares for, or was shared, this patient.
+
+    A yes is remembered for the rest of the request (access is never withdrawn within
+    one), so a request that checks the caller's access and then grants the same site
+    asks the database once.
+    """
     if site_id is None:
         return False
-    found = get_session().scalar(
-        select(PatientSiteAccess.id).where(
-            PatientSiteAccess.patient_id == patient_id, PatientSiteAccess.site_id == site_id
-        )
-    )
+    seen = _seen_pairs()
+    if (site_id, patient_id) in seen:
+        return True
+    found = get_session().scalar(_SITE_ACCESS_QUERY, {"patient_id": patient_id, "site_id": site_id})
+    if found is not None:
+        seen.add((site_id, patient_id))
     return found is not None
 
 
@@ -82,3 +103,4 @@ def grant_site_access(patient_id: str, site_id: int, reason: str = "care") -> No
     if not site_may_see(site_id, patient_id):
         session.add(PatientSiteAccess(patient_id=patient_id, site_id=site_id, reason=reason))
         session.flush()
+        _seen_pairs().add((site_id, patient_id))

@@ -12,7 +12,7 @@ from flask import g, redirect, request, session, url_for
 from his.accounts import resolve_token, scope_covers
 from his.db import get_session
 from his.errors import Forbidden, Unauthorized
-from his.models import STAFF_ROLES, ApiClient, Site, User
+from his.models import STAFF_ROLES, User
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -92,24 +92,18 @@ def _resolve() -> Principal:
         kind, _, token = header.partition(" ")
         if kind.lower() != "bearer" or not token.strip():
             raise Unauthorized("Use 'Authorization: Bearer <token>'.", code="INVALID_TOKEN")
-        row, user = resolve_token(db, token.strip())
-        scopes = frozenset(row.scope.split())
-        if row.user_id is not None:
-            if user is None or not user.active:
-                raise Unauthorized("The access token is not valid.", code="INVALID_TOKEN")
-            return principal_for_user(user, scopes)
-        client = db.get(ApiClient, row.client_id)
-        if client is None or not client.active:
-            raise Unauthorized("The access token is not valid.", code="INVALID_TOKEN")
-        site = db.get(Site, client.site_id) if client.site_id else None
+        holder = resolve_token(db, token.strip())
         return Principal(
-            kind="client",
-            username=client.client_id,
-            full_name=client.name,
-            site_id=client.site_id,
-            site_code=site.code if site else None,
-            client_id=client.id,
-            scopes=scopes,
+            kind="user" if holder.user_id is not None else "client",
+            user_id=holder.user_id,
+            username=holder.username,
+            full_name=holder.full_name,
+            role=holder.role,
+            site_id=holder.site_id,
+            site_code=holder.site_code,
+            patient_id=holder.patient_id,
+            client_id=holder.client_id,
+            scopes=frozenset(holder.scope.split()),
         )
     user_id = session.get("user_id")
     if user_id is None:

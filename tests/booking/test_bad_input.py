@@ -77,6 +77,20 @@ def test_a_second_booking_for_the_same_session(client, app, clinic, make_session
         assert session.get(SessionCounter, session_id).online_issued == 1
 
 
+def test_a_patient_holding_the_last_number_is_told_their_number_not_that_the_session_is_full(
+    client, app, clinic, make_session, patient_token
+):
+    session_id = make_session(clinic.id, online=1)
+    assert _book(client, patient_token, session_id).status_code == 201
+    again = _book(client, patient_token, session_id)
+    assert again.status_code == 409
+    assert again.get_json()["code"] == "ALREADY_BOOKED"
+    assert again.get_json()["queue_number"] == 1
+    with get_database(app).session_scope() as session:
+        assert session.get(SessionCounter, session_id).online_issued == 1
+    assert count_rows(app, Booking) == 1
+
+
 def test_malformed_requests_name_what_is_wrong(client, app, clinic, make_session, patient_token):
     session_id = make_session(clinic.id)
     no_key = client.post(
