@@ -236,9 +236,10 @@ def viewable_slide(session: Session, principal: Principal, slide_id: str) -> Sli
     """
     views = slide_views()
     view = views.get(slide_id)
-    if view is None or view.status != "ready" or not readers_admit(principal, view.readers):
-        view = load_slide_view(session, slide_id)
-        views.put(view)
+    if view is not None and view.status == "ready" and readers_admit(principal, view.readers):
+        return view
+    view = load_slide_view(session, slide_id)
+    views.put(view)
     if not readers_admit(principal, view.readers):
         audit.record("read", "Slide", view.id, outcome="denied", detail="slide of another site")
         raise SlideAccessDenied()

@@ -313,9 +313,11 @@ class TileServer:
 
     def etag(self, slide_id: str, sha256: str, path: Path, *parts: int) -> str:
         """Name a tile's (or the descriptor's) content: the file's hash, the geometry and the request."""
-        handle = self.handle(slide_id, path)
-        fields = [TILE_FORMAT_VERSION, handle.tile_size, handle.overlap, self.quality, *parts]
-        return '"' + sha256[:24] + "-" + "-".join(str(f) for f in fields) + '"'
+        return self._etag(self.handle(slide_id, path), sha256, parts)
+
+    def _etag(self, handle: SlideHandle, sha256: str, parts: tuple[int, ...]) -> str:
+        fields = (TILE_FORMAT_VERSION, handle.tile_size, handle.overlap, self.quality, *parts)
+        return '"' + sha256[:24] + "-" + "-".join(map(str, fields)) + '"'
 
     def tile_etag(self, slide_id: str, sha256: str, path: Path, level: int, col: int, row: int) -> str:
         """Return a tile's ETag without reading the tile, for answering a revalidation.
@@ -323,8 +325,9 @@ class TileServer:
         Raises TileNotFound for a level or a tile outside the slide, NotFound when the
         slide cannot be opened.
         """
-        self._check_inside(self.handle(slide_id, path), level, col, row)
-        return self.etag(slide_id, sha256, path, level, col, row)
+        handle = self.handle(slide_id, path)
+        self._check_inside(handle, level, col, row)
+        return self._etag(handle, sha256, (level, col, row))
 
     @staticmethod
     def _check_inside(handle: SlideHandle, level: int, col: int, row: int) -> None:
@@ -341,9 +344,10 @@ class TileServer:
         Raises TileNotFound for a level or a tile outside the slide, NotFound when the
         slide cannot be opened or read.
         """
+        # One look-up of the open slide per tile: it takes the handle cache's lock.
         handle = self.handle(slide_id, path)
         self._check_inside(handle, level, col, row)
-        etag = self.etag(slide_id, sha256, path, level, col, row)
+        etag = self._etag(handle, sha256, (level, col, row))
         native = handle.native_tile(level, col, row)
         if native is not None:
             return Tile(native, etag, "native")
