@@ -8,11 +8,12 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
 from flask import g, redirect, request, session, url_for
+from sqlalchemy import bindparam, select
 
 from his.accounts import resolve_token, scope_covers
 from his.db import get_session
 from his.errors import Forbidden, Unauthorized
-from his.models import STAFF_ROLES, User
+from his.models import STAFF_ROLES, Site, User
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -108,11 +109,37 @@ def _resolve() -> Principal:
     user_id = session.get("user_id")
     if user_id is None:
         return ANONYMOUS
-    user = db.get(User, user_id)
-    if user is None or not user.active:
+    found = db.execute(_SESSION_USER_QUERY, {"user_id": user_id}).first()
+    if found is None or not found.active:
         session.clear()
         return ANONYMOUS
-    return principal_for_user(user)
+    return Principal(
+        kind="user",
+        user_id=user_id,
+        username=found.username,
+        full_name=found.full_name,
+        role=found.role,
+        site_id=found.site_id,
+        site_code=found.site_code,
+        patient_id=found.patient_id,
+        scopes=PATIENT_SESSION_SCOPES if found.role == "patient" else SESSION_SCOPES,
+    )
+
+
+# Built once: every page and every tile of a signed-in browser asks it.
+_SESSION_USER_QUERY = (
+    select(
+        User.username,
+        User.full_name,
+        User.role,
+        User.site_id,
+        Site.code.label("site_code"),
+        User.patient_id,
+        User.active,
+    )
+    .outerjoin(Site, Site.id == User.site_id)
+    .where(User.id == bindparam("user_id"))
+)
 
 
 def _wants_json() -> bool:

@@ -8,11 +8,13 @@ from typing import Any
 
 from flask import Flask, Request, Response
 from flask.sessions import SessionInterface, SessionMixin
-from sqlalchemy import delete
+from sqlalchemy import bindparam, delete, select
 from werkzeug.datastructures import CallbackDict
 
 from his.db import as_utc, begin_immediate, get_database, utcnow
 from his.models import WebSession
+
+_SESSION_QUERY = select(WebSession.data, WebSession.expires_at).where(WebSession.id == bindparam("sid"))
 
 
 class ServerSession(CallbackDict[str, Any], SessionMixin):
@@ -38,11 +40,12 @@ class DatabaseSessionInterface(SessionInterface):
         sid = request.cookies.get(self.get_cookie_name(app))
         if not sid or len(sid) > 64:
             return ServerSession()
-        with get_database(app).session_scope() as db:
-            row = db.get(WebSession, sid)
-            if row is None or as_utc(row.expires_at) <= utcnow():
-                return ServerSession()
-            return ServerSession(dict(row.data or {}), sid=sid)
+        # A plain connection and two columns: this runs before every request of a browser.
+        with get_database(app).engine.connect() as connection:
+            row = connection.execute(_SESSION_QUERY, {"sid": sid}).first()
+        if row is None or as_utc(row.expires_at) <= utcnow():
+            return ServerSession()
+        return ServerSession(dict(row.data or {}), sid=sid)
 
     def save_session(self, app: Flask, session: SessionMixin, response: Response) -> None:
         assert isinstance(session, ServerSession)
