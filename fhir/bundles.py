@@ -40,6 +40,7 @@ class _Entry:
     target_id: str | None = None
     existing: StoredResource | None = None
     same_as: _Entry | None = None
+    references: list[tuple[str, dict[str, Any]]] | None = None
 
     @property
     def where(self) -> str:
@@ -166,7 +167,8 @@ def prepare(bundle: Mapping[str, Any] | str | bytes) -> PreparedBundle:
         if entry.resource is None:
             continue
         if btype == "transaction":
-            found = validate_resource(entry.resource, f"{entry.where}.resource")
+            entry.references = []
+            found = validate_resource(entry.resource, f"{entry.where}.resource", references=entry.references)
         elif entry.method in ("POST", "PUT") and not entry.query:
             found = validate_resource(entry.resource)
         else:
@@ -379,13 +381,19 @@ def _transaction(session: Session, prepared: PreparedBundle, check_references: b
             touched.add(key)
         if entry.full_url and entry.target_id is not None:
             urn_map[entry.full_url] = f"{entry.type}/{entry.target_id}"
+    rewritten = [e for e in entries if e.resource is not None and e.existing is None and e.same_as is None]
+    for entry in rewritten:
+        if entry.references is None:
+            # Not from ``prepare``, which finds them while it validates.
+            assert entry.resource is not None
+            entry.references = list(services._reference_paths(entry.resource, f"{entry.where}.resource"))
     conditional_cache: dict[str, str] = {}
+    matched = _match_conditional_references(session, rewritten, urn_map)
     found: list[tuple[str, str]] = []
-    for entry in entries:
-        if entry.resource is not None and entry.existing is None and entry.same_as is None:
-            seen = _rewrite_references(session, entry, urn_map, conditional_cache)
-            if entry.method in ("POST", "PUT"):
-                found.extend(seen)
+    for entry in rewritten:
+        seen = _rewrite_references(session, entry, urn_map, conditional_cache, matched)
+        if entry.method in ("POST", "PUT"):
+            found.extend(seen)
     if check_references:
         written = {
             (e.type, e.target_id)
@@ -395,7 +403,10 @@ def _transaction(session: Session, prepared: PreparedBundle, check_references: b
             and e.same_as is None
             and e.target_id is not None
         }
-        services.check_found_references(session, found, {(t, str(i)) for t, i in written})
+        # A conditional reference was resolved a moment ago, in this transaction, to a
+        # resource that exists and is not deleted; asking again would find the same.
+        resolved = {(t, i) for t, _, i in (r.partition("/") for r in conditional_cache.values())}
+        services.check_found_references(session, found, {(t, str(i)) for t, i in written} | resolved)
     results = _write_all(session, entries)
     for entry in entries:
         if entry.method in ("GET", "HEAD"):
@@ -470,14 +481,46 @@ def _resolve_identity(
             entry.target_id = entry.id
 
 
+def _match_conditional_references(
+    session: Session, entries: list[_Entry], urn_map: Mapping[str, str]
+) -> dict[str, list[str]]:
+    """Look up the entries' ``Type?identifier=system|value`` references, one query per type.
+
+    Returns the ids (at most two, as the one-by-one search asks for) each such reference
+    matches; references of other forms are left to ``_rewrite_references`` to search.
+    """
+    by_type: dict[str, list[str]] = {}
+    for entry in entries:
+        for _path, ref in entry.references or ():
+            value = ref["reference"]
+            if value in urn_map or "?" not in value:
+                continue
+            rtype, query = value.split("?", 1)
+            if is_resource_type(rtype):
+                by_type.setdefault(rtype, []).append(query)
+    return {
+        f"{rtype}?{query}": ids[:2]
+        for rtype, queries in by_type.items()
+        for query, ids in services.match_identifier_ids(session, rtype, queries).items()
+    }
+
+
 def _rewrite_references(
-    session: Session, entry: _Entry, urn_map: dict[str, str], cache: dict[str, str]
+    session: Session,
+    entry: _Entry,
+    urn_map: dict[str, str],
+    cache: dict[str, str],
+    matched: Mapping[str, list[str]],
 ) -> list[tuple[str, str]]:
-    """Resolve urn:uuid and conditional references in place; return every reference seen."""
-    assert entry.resource is not None
-    seen: list[tuple[str, dict[str, Any]]] = []
-    for path, ref in services._reference_paths(entry.resource, f"{entry.where}.resource"):
-        seen.append((path, ref))
+    """Resolve urn:uuid and conditional references in place; return every reference seen.
+
+    The entry's references were collected beforehand (see ``prepare``). ``matched``
+    holds the ids of the conditional references already looked up (see
+    ``_match_conditional_references``); the others are searched here.
+    """
+    seen = entry.references
+    assert seen is not None
+    for path, ref in seen:
         value = ref["reference"]
         if value in urn_map:
             ref["reference"] = urn_map[value]
@@ -486,10 +529,12 @@ def _rewrite_references(
         elif "?" in value and is_resource_type(value.split("?", 1)[0]):
             if value not in cache:
                 rtype, query = value.split("?", 1)
-                try:
-                    ids = services._search_ids(session, rtype, services.parse_query(query), limit=2)
-                except VetinhError as exc:
-                    raise _entry_error(entry.index, exc) from exc
+                ids = matched.get(value)
+                if ids is None:
+                    try:
+                        ids = services._search_ids(session, rtype, services.parse_query(query), limit=2)
+                    except VetinhError as exc:
+                        raise _entry_error(entry.index, exc) from exc
                 if len(ids) != 1:
                     raise _bad(
                         entry.index,

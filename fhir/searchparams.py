@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any
 
 KINDS = ("string", "token", "date", "number", "quantity", "reference", "uri")
@@ -699,47 +699,160 @@ def _cut(text: Any, size: int = TOKEN_LEN) -> str | None:
 
 def extract_values(param: SearchParam, resource: dict[str, Any]) -> list[tuple[Any, ...]]:
     """Return the index rows (without type and id) that ``resource`` has for ``param``."""
+    paths, _heads, rows_of = _param_plan(param)
+    return _extract(param, paths, rows_of, resource)
+
+
+def index_values(
+    resource_type: str, resource: dict[str, Any]
+) -> list[tuple[SearchParam, list[tuple[Any, ...]]]]:
+    """Return each parameter of ``resource_type`` that ``resource`` has values for, with its values.
+
+    The values are ``extract_values``'s. A resource has a handful of the twenty-odd
+    parameters of its type, so a parameter none of whose paths can start in the
+    resource's top-level elements is passed over without walking it.
+    """
+    found: list[tuple[SearchParam, list[tuple[Any, ...]]]] = []
+    for param, paths, heads, rows_of in _type_plan(resource_type):
+        if heads is not None:
+            for head in heads:
+                if head in resource:
+                    break
+            else:
+                continue
+        rows = _extract(param, paths, rows_of, resource)
+        if rows:
+            found.append((param, rows))
+    return found
+
+
+_RowsOf = Callable[[SearchParam, Any], list[tuple[Any, ...]]]
+
+
+@cache
+def _type_plan(
+    resource_type: str,
+) -> tuple[tuple[SearchParam, tuple[str | tuple[str, ...], ...], tuple[str, ...] | None, _RowsOf], ...]:
+    """Return ``_param_plan`` for every parameter of ``resource_type``, looked up once per type."""
+    return tuple((param, *_param_plan(param)) for param in params_for(resource_type).values())
+
+
+@cache
+def _param_plan(
+    param: SearchParam,
+) -> tuple[tuple[str | tuple[str, ...], ...], tuple[str, ...] | None, _RowsOf]:
+    """Prepare a parameter for extraction: its paths, the elements they start at, its row maker.
+
+    A path without choices or filters becomes the tuple of its element names, looked up
+    without ``walk``. The starting elements are None when a path starts at a choice
+    element (``effective[x]``), whose possible names are not listed here.
+    """
+    compiled = [_compile_path(path) for path in param.paths]
+    paths = tuple(
+        tuple(name for name, *_ in steps)
+        if all(not choice and key is None for _, choice, key, _ in steps)
+        else path
+        for path, steps in zip(param.paths, compiled, strict=True)
+    )
+    heads = None if any(steps[0][1] for steps in compiled) else tuple(steps[0][0] for steps in compiled)
+    return paths, heads, _ROWS_OF.get(param.kind, _unknown_kind_rows)
+
+
+def _extract(
+    param: SearchParam, paths: tuple[str | tuple[str, ...], ...], rows_of: _RowsOf, resource: dict[str, Any]
+) -> list[tuple[Any, ...]]:
     rows: list[tuple[Any, ...]] = []
-    for path in param.paths:
-        for value in walk(resource, path):
-            rows.extend(_rows_for(param, value))
-    return list(dict.fromkeys(rows))
+    for path in paths:
+        values: Iterable[Any]
+        if isinstance(path, str):
+            values = walk(resource, path)
+        elif len(path) == 1:
+            name = path[0]
+            if name not in resource:
+                continue
+            value = resource[name]
+            values = value if isinstance(value, list) else (value,)
+        else:
+            values = _plain_values(resource, path)
+        for value in values:
+            rows.extend(rows_of(param, value))
+    return list(dict.fromkeys(rows)) if len(rows) > 1 else rows
 
 
-def _rows_for(param: SearchParam, value: Any) -> list[tuple[Any, ...]]:
-    kind = param.kind
-    if kind == "string":
-        return [(normalize_string(s), s) for s in _strings(value) if s.strip()]
-    if kind == "token":
-        return _tokens(value)
-    if kind == "date":
-        return _dates(value)
-    if kind in ("number", "quantity"):
-        if isinstance(value, dict):
-            number = _number(value.get("value"))
-            if number is None:
-                return []
-            code = value.get("code") or value.get("unit")
-            rows = [(number, _cut(value.get("system")), _cut(code))]
-            if value.get("unit") and value.get("code") and value["unit"] != value["code"]:
-                rows.append((number, None, _cut(value["unit"])))
-            return rows
-        number = _number(value)
-        return [] if number is None else [(number, None, None)]
-    if kind == "reference":
-        if isinstance(value, dict):
-            value = value.get("reference")
-        if not isinstance(value, str):
+def _plain_values(resource: dict[str, Any], names: tuple[str, ...]) -> list[Any]:
+    """Return what ``walk`` yields for a path of plain element names."""
+    current: list[Any] = [resource]
+    for name in names:
+        found: list[Any] = []
+        for node in current:
+            if isinstance(node, dict) and name in node:
+                value = node[name]
+                if isinstance(value, list):
+                    found.extend(value)
+                else:
+                    found.append(value)
+        if not found:
+            return found
+        current = found
+    return current
+
+
+def _unknown_kind_rows(param: SearchParam, _value: Any) -> list[tuple[Any, ...]]:
+    raise ValueError(f"unknown search parameter kind {param.kind!r}")
+
+
+def _string_rows(_param: SearchParam, value: Any) -> list[tuple[Any, ...]]:
+    return [(normalize_string(s), s) for s in _strings(value) if s.strip()]
+
+
+def _token_rows(_param: SearchParam, value: Any) -> list[tuple[Any, ...]]:
+    return _tokens(value)
+
+
+def _date_rows(_param: SearchParam, value: Any) -> list[tuple[Any, ...]]:
+    return _dates(value)
+
+
+def _quantity_rows(_param: SearchParam, value: Any) -> list[tuple[Any, ...]]:
+    if isinstance(value, dict):
+        number = _number(value.get("value"))
+        if number is None:
             return []
-        rtype, rid, url = parse_reference(value)
-        if rtype is None and url is None:
-            return []
-        if param.targets and rtype not in param.targets:
-            return []
-        return [(rtype, rid, url)]
-    if kind == "uri":
-        return [(value[:512],)] if isinstance(value, str) else []
-    raise ValueError(f"unknown search parameter kind {kind!r}")
+        code = value.get("code") or value.get("unit")
+        rows: list[tuple[Any, ...]] = [(number, _cut(value.get("system")), _cut(code))]
+        if value.get("unit") and value.get("code") and value["unit"] != value["code"]:
+            rows.append((number, None, _cut(value["unit"])))
+        return rows
+    number = _number(value)
+    return [] if number is None else [(number, None, None)]
+
+
+def _reference_rows(param: SearchParam, value: Any) -> list[tuple[Any, ...]]:
+    if isinstance(value, dict):
+        value = value.get("reference")
+    if not isinstance(value, str):
+        return []
+    rtype, rid, url = parse_reference(value)
+    if rtype is None and url is None:
+        return []
+    if param.targets and rtype not in param.targets:
+        return []
+    return [(rtype, rid, url)]
+
+
+def _uri_rows(_param: SearchParam, value: Any) -> list[tuple[Any, ...]]:
+    return [(value[:512],)] if isinstance(value, str) else []
+
+
+_ROWS_OF: dict[str, _RowsOf] = {
+    "string": _string_rows,
+    "token": _token_rows,
+    "date": _date_rows,
+    "number": _quantity_rows,
+    "quantity": _quantity_rows,
+    "reference": _reference_rows,
+    "uri": _uri_rows,
+}
 
 
 def _strings(value: Any) -> list[str]:
@@ -789,18 +902,24 @@ def _tokens(value: Any) -> list[tuple[Any, ...]]:
     return []
 
 
+# The resources of one transaction share their times (an encounter's observations, reports
+# and claims carry its start): most dates indexed were parsed a moment before. The cache
+# holds about one transaction's dates, not the last requests'.
+_date_range_seen = lru_cache(maxsize=128)(date_range)
+
+
 def _dates(value: Any) -> list[tuple[Any, ...]]:
     try:
         if isinstance(value, str):
-            return [date_range(value)]
+            return [_date_range_seen(value)]
         if isinstance(value, dict):
             if "start" in value or "end" in value:
-                start = date_range(value["start"])[0] if value.get("start") else MIN_DATE
-                end = date_range(value["end"])[1] if value.get("end") else MAX_DATE
+                start = _date_range_seen(value["start"])[0] if value.get("start") else MIN_DATE
+                end = _date_range_seen(value["end"])[1] if value.get("end") else MAX_DATE
                 return [(start, end)]
             events = value.get("event")
             if isinstance(events, list) and events:
-                ranges = [date_range(e) for e in events if isinstance(e, str)]
+                ranges = [_date_range_seen(e) for e in events if isinstance(e, str)]
                 return [(min(r[0] for r in ranges), max(r[1] for r in ranges))] if ranges else []
     except ValueError:
         return []

@@ -91,11 +91,19 @@ def _element_types(annotation: Any) -> Iterable[Any]:
         yield from _element_types(argument)
 
 
-def validate_resource(resource: Any, prefix: str | None = None) -> list[dict[str, Any]]:
+def validate_resource(
+    resource: Any,
+    prefix: str | None = None,
+    *,
+    references: list[tuple[str, dict[str, Any]]] | None = None,
+) -> list[dict[str, Any]]:
     """Validate one resource and return OperationOutcome issues (empty when it is valid).
 
     ``prefix`` replaces the resource type at the start of each expression, so an error
-    inside a Bundle entry reads ``Bundle.entry[3].resource.birthDate``.
+    inside a Bundle entry reads ``Bundle.entry[3].resource.birthDate``. When
+    ``references`` is a list, the resource's Reference objects (``contained`` aside) are
+    appended to it as ``(expression, object)`` pairs, found on the walk that looks for
+    nulls: a transaction needs them next, and one walk costs less than two.
     """
     if not isinstance(resource, dict):
         return [_issue("structure", "A resource must be a JSON object", prefix or "Resource")]
@@ -108,7 +116,8 @@ def validate_resource(resource: Any, prefix: str | None = None) -> list[dict[str
                 f"{prefix}.resourceType" if prefix else "resourceType",
             )
         ]
-    nulls = list(_null_paths(resource, prefix or rtype))
+    nulls: list[str] = []
+    _scan(resource, [prefix or rtype], nulls, references)
     if nulls:
         return [
             _issue("structure", f"{path}: null is not allowed in FHIR JSON; leave the element out", path)
@@ -123,18 +132,36 @@ def validate_resource(resource: Any, prefix: str | None = None) -> list[dict[str
     return []
 
 
-def _null_paths(node: Any, path: str) -> Any:
-    """Yield the paths of JSON nulls (FHIR forbids them; an array of primitives may hold them)."""
+def _scan(
+    node: dict[str, Any] | list[Any],
+    steps: list[str],
+    nulls: list[str],
+    references: list[tuple[str, dict[str, Any]]] | None,
+) -> None:
+    """Note the paths of JSON nulls and, unless ``references`` is None, the Reference objects.
+
+    FHIR forbids nulls, except in an array of primitives, where they line values up with
+    their extensions. References inside ``contained`` are the contained resources' own.
+    ``steps`` spell the path to ``node``; a path is joined only when something is found.
+    This walk visits every element of every resource written, hence its thrift: ``isinstance``
+    is given a tuple, which it checks faster than a union type.
+    """
     if isinstance(node, dict):
+        if references is not None and isinstance(node.get("reference"), str):
+            references.append(("".join(steps) + ".reference", node))
         for key, value in node.items():
             if value is None:
-                yield f"{path}.{key}"
-            elif isinstance(value, dict | list):
-                yield from _null_paths(value, f"{path}.{key}")
-    elif isinstance(node, list):
+                nulls.append("".join(steps) + "." + key)
+            elif isinstance(value, (dict, list)):
+                steps.append("." + key)
+                _scan(value, steps, nulls, None if key == "contained" else references)
+                steps.pop()
+    else:
         for index, item in enumerate(node):
-            if isinstance(item, dict | list):
-                yield from _null_paths(item, f"{path}[{index}]")
+            if isinstance(item, (dict, list)):
+                steps.append(f"[{index}]")
+                _scan(item, steps, nulls, references)
+                steps.pop()
 
 
 def _issue_from_error(error: Any, root: str) -> dict[str, Any]:

@@ -853,6 +853,8 @@ def bundle() -> Response:
             else:
                 _ensure_access(principal, patients, "read" if method == "GET" else "write")
     g.fhir_audit.detail = f"{result.type}: {len(result.entries)} entries"
+    base = _base()
+    minimal = "return=minimal" in request.headers.get("Prefer", "")
     entries: list[str] = []
     for entry in result.entries:
         response: dict[str, Any] = {"status": entry.status}
@@ -861,11 +863,11 @@ def bundle() -> Response:
             response["location"] = entry.location
             response["etag"] = entry.stored.etag
             response["lastModified"] = services.instant(entry.stored.last_updated)
-            parts.append('"fullUrl":' + jsontext.dumps(f"{_base()}/{entry.stored.type}/{entry.stored.id}"))
-            if entry.stored.text is not None and "return=minimal" not in request.headers.get("Prefer", ""):
+            parts.append('"fullUrl":' + jsontext.dumps(f"{base}/{entry.stored.type}/{entry.stored.id}"))
+            if entry.stored.text is not None and not minimal:
                 parts.append('"resource":' + entry.stored.text)
         elif entry.search is not None:
-            parts.append('"resource":' + _searchset(entry.search, f"{_base()}/{entry.search.type}"))
+            parts.append('"resource":' + _searchset(entry.search, f"{base}/{entry.search.type}"))
         if entry.outcome is not None:
             response["outcome"] = entry.outcome
         parts.append('"response":' + json.dumps(response, ensure_ascii=False))

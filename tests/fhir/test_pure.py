@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 import pytest
 
 from fhir import jsontext
 from fhir.searchparams import date_range, normalize_string, params_for, parse_reference, walk
+from fhir.validation import validate_resource
 
 
 @pytest.mark.parametrize(
@@ -75,3 +77,35 @@ def test_stamping_keeps_every_other_byte() -> None:
     assert '"meta":{"versionId":"2"}' in again
     assert '"value" : 1.50' in again
     assert jsontext.dumps(jsontext.loads('{"a":[1.50,1e3,-0.0,"Việt"]}')) == '{"a":[1.50,1E+3,-0.0,"Việt"]}'
+
+
+def test_validation_finds_nulls_everywhere_and_references_outside_contained() -> None:
+    """One walk does both: nulls anywhere (contained too), references of the resource itself."""
+    resource = {
+        "resourceType": "Observation",
+        "status": "final",
+        "code": {"text": "Mạch"},
+        "subject": {"reference": "Patient/1"},
+        "performer": [{"display": "Bác sĩ"}, {"reference": "Practitioner/2"}],
+        "contained": [
+            {
+                "resourceType": "Patient",
+                "id": "c",
+                "link": [{"other": {"reference": "Patient/9"}, "type": "seealso"}],
+            }
+        ],
+    }
+    references: list[tuple[str, dict[str, Any]]] = []
+    assert validate_resource(resource, "Bundle.entry[2].resource", references=references) == []
+    assert [(path, ref["reference"]) for path, ref in references] == [
+        ("Bundle.entry[2].resource.subject.reference", "Patient/1"),
+        ("Bundle.entry[2].resource.performer[1].reference", "Practitioner/2"),
+    ]
+    assert references[0][1] is resource["subject"]
+    resource["contained"][0]["gender"] = None
+    resource["performer"][0]["display"] = None
+    issues = validate_resource(resource)
+    assert [i["expression"] for i in issues] == [
+        ["Observation.performer[0].display"],
+        ["Observation.contained[0].gender"],
+    ]

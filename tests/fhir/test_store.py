@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import re
+import uuid
 from typing import Any
 
 import pytest
+import sqlalchemy.exc
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from fhir import services
-from fhir.models import FhirIndexString, FhirResource, FhirResourceHistory
+from fhir.models import INDEX_TABLES, FhirIndexString, FhirResource, FhirResourceHistory
 from his.errors import BadRequest, Conflict, Gone, NotFound, PreconditionFailed, ValidationFailed
 from tests.fhir.helpers import patient_body
 
@@ -531,3 +534,96 @@ def test_repeated_conditional_creates_in_one_transaction_make_one_resource(db: S
     assert [e.status for e in result.entries] == ["201 Created", "200 OK"]
     assert result.entries[0].stored.id == result.entries[1].stored.id  # type: ignore[union-attr]
     assert services.search(db, "Organization", {}).total == 1
+
+
+def test_conditional_references_in_a_transaction_need_exactly_one_live_match(db: Session) -> None:
+    """A transaction looks its conditional references up together; each still needs one match."""
+    npi = "http://example.org/npi"
+
+    def practitioner(value: str) -> dict[str, Any]:
+        return {"resourceType": "Practitioner", "identifier": [{"system": npi, "value": value}]}
+
+    one = services.create(db, {**practitioner("1"), "name": [{"family": "Lê"}]})
+    services.create(db, practitioner("2"))
+    services.create(db, practitioner("2"))
+    gone = services.create(db, practitioner("3"))
+    services.delete(db, "Practitioner", gone.id)
+    patient = services.create(db, patient_body())
+
+    def observed_by(*performers: str) -> dict[str, Any]:
+        observation = _observation(patient.id, performer=[{"reference": p} for p in performers])
+        return _transaction({"resource": observation, "request": {"method": "POST", "url": "Observation"}})
+
+    result = services.transaction(
+        db,
+        observed_by(
+            f"Practitioner?identifier={npi}|1",
+            "Practitioner?family=L%C3%AA",
+            f"Practitioner?identifier={npi}|1",
+        ),
+    )
+    stored = result.entries[0].stored
+    assert stored is not None
+    assert [p["reference"] for p in stored.resource["performer"]] == [f"Practitioner/{one.id}"] * 3
+    where = re.escape(
+        "Bundle.entry[0]: Bundle.entry[0].resource.performer[0].reference: the conditional reference"
+    )
+    with pytest.raises(
+        PreconditionFailed, match=where + re.escape(f" Practitioner?identifier={npi}|2 matches 2 resources")
+    ):
+        services.transaction(db, observed_by(f"Practitioner?identifier={npi}|2"))
+    with pytest.raises(
+        BadRequest, match=where + re.escape(f" Practitioner?identifier={npi}|3 matches 0 resources")
+    ):
+        services.transaction(db, observed_by(f"Practitioner?identifier={npi}|3"))
+
+
+def _index_of(db: Session, resource_type: str, resource_id: str) -> list[tuple[Any, ...]]:
+    """Return a resource's index rows, without row ids, its own id or its _lastUpdated."""
+    rows: list[tuple[Any, ...]] = []
+    for table in {t.name: t for t in INDEX_TABLES.values()}.values():
+        columns = [c for c in table.c if c.name not in ("row_id", "res_id")]
+        found = db.execute(
+            select(*columns).where(
+                table.c.res_type == resource_type,
+                table.c.res_id == resource_id,
+                table.c.param != "_lastUpdated",
+            )
+        )
+        rows.extend((table.name, *row) for row in found)
+    return sorted(rows, key=repr)
+
+
+def test_a_large_transaction_indexes_each_resource_as_a_single_write_does(db: Session) -> None:
+    """Big batches of rows take another way into the database (COPY on PostgreSQL); same rows."""
+    patient = services.create(db, patient_body())
+    single = services.create(db, _observation(patient.id))
+    count = services.COPY_MIN_ROWS + 10
+    entry = {"resource": _observation(patient.id), "request": {"method": "POST", "url": "Observation"}}
+    result = services.transaction(db, _transaction(*[entry] * count))
+    db.commit()
+    ids = [e.stored.id for e in result.entries if e.stored is not None]
+    assert len(ids) == count
+    found = services.search(db, "Observation", [("code", "http://loinc.org|8867-4"), ("_count", "1000")])
+    assert sorted(_ids(found)) == sorted([single.id, *ids])
+    assert _index_of(db, "Observation", ids[-1]) == _index_of(db, "Observation", single.id) != []
+    assert services.compartments_of(db, "Observation", ids[-1]) == {patient.id}
+    assert services.read(db, "Observation", ids[-1]).resource["valueQuantity"]["value"] == 72
+    assert db.scalar(select(func.count()).select_from(FhirResourceHistory)) == count + 2
+
+
+@pytest.mark.parametrize("size", [2, services.COPY_MIN_ROWS], ids=["insert", "copy"])
+def test_a_clash_in_a_bulk_write_is_the_database_error_and_leaves_nothing(db: Session, size: int) -> None:
+    """However the rows go in, a clash the database finds surfaces as SQLAlchemy's IntegrityError."""
+    taken = services.create(db, patient_body())
+    db.commit()
+    moment = services._now()
+    writes = [
+        services._Write("Patient", str(uuid.uuid4()), 1, "POST", moment, moment, True, None, None)
+        for _ in range(size - 1)
+    ]
+    writes.append(services._Write("Patient", taken.id, 1, "POST", moment, moment, True, None, None))
+    with pytest.raises(sqlalchemy.exc.IntegrityError):
+        services._apply(db, writes)
+    db.rollback()
+    assert db.scalar(select(func.count()).select_from(FhirResource)) == 1
