@@ -9,7 +9,6 @@ unknown reference), ``BadRequest``, ``NotFound``, ``Gone``, ``PreconditionFailed
 
 from __future__ import annotations
 
-import operator
 import re
 import uuid
 from collections import defaultdict
@@ -334,8 +333,15 @@ def _unnest_insert(table: Any, columns: tuple[str, ...]) -> str:
     return f'INSERT INTO "{table.name}" ({names}) SELECT * FROM unnest({arrays})'  # noqa: S608
 
 
+def _values_insert(table: Any, columns: tuple[str, ...]) -> str:
+    """Return ``INSERT ... VALUES (%s, ...)`` of one row for ``columns`` of ``table``."""
+    names = ", ".join(f'"{c}"' for c in columns)
+    # Names come from our own table definitions; every value travels as a parameter.
+    return f'INSERT INTO "{table.name}" ({names}) VALUES ({", ".join(["%s"] * len(columns))})'  # noqa: S608
+
+
 COPY_MIN_ROWS = 50
-"""Rows from which ``_insert_rows`` copies rather than inserts on PostgreSQL.
+"""Rows from which ``_insert_batches`` copies a table's rows rather than inserts them on PostgreSQL.
 
 A COPY costs one more round trip than an insert, and saves a few microseconds a row:
 psycopg builds an array parameter element by element in Python, while it formats a
@@ -352,39 +358,96 @@ _COPY_TYPES = {
 }
 
 
-def _insert_rows(session: Session, table: Any, rows: list[dict[str, Any]]) -> None:
-    """Insert many rows given as dicts (see ``_insert_tuples``)."""
-    if not rows:
-        return
-    if session.get_bind().dialect.name != "postgresql" or len(rows) == 1:
-        session.execute(insert(table), rows)
-        return
-    columns = tuple(rows[0])
-    values = operator.itemgetter(*columns)
-    _insert_tuples(session, table, columns, [values(row) for row in rows])
+_RESOURCE_COLUMNS = ("res_type", "res_id", "version", "created", "last_updated", "deleted", "content")
+_HISTORY_COLUMNS = ("res_type", "res_id", "version", "last_updated", "method", "deleted", "content")
+_COMPARTMENT_COLUMNS = ("patient_id", "res_type", "res_id")
+
+# Rows bound for one table: the table, its columns, and one tuple of values per row.
+_Batch = tuple[Any, tuple[str, ...], list[tuple[Any, ...]]]
 
 
-def _insert_tuples(
-    session: Session, table: Any, columns: tuple[str, ...], rows: list[tuple[Any, ...]]
-) -> None:
-    """Insert many rows: one statement of column arrays on PostgreSQL, executemany on SQLite.
+def _insert_batches(session: Session, batches: Sequence[_Batch]) -> None:
+    """Insert rows into several tables: in one statement on PostgreSQL, executemany on SQLite.
 
     On PostgreSQL each column travels as one array parameter and ``unnest`` turns the
-    arrays back into rows: one round trip and one short, prepared statement whatever
-    the number of rows (a multi-row ``VALUES`` list of thousands of placeholders costs
+    arrays back into rows (a multi-row ``VALUES`` list of thousands of placeholders costs
     more to build and parse than to run, and psycopg sends an executemany row by row).
-    From ``COPY_MIN_ROWS`` rows on, a binary ``COPY`` takes over (see ``_copy_rows``).
+    The tables' inserts go together as data-modifying ``WITH`` queries of one statement:
+    one round trip for a resource, its history, its index rows and its compartments.
+    From ``COPY_MIN_ROWS`` rows on, a table's rows go by binary ``COPY`` instead (see
+    ``_copy_rows``).
     """
-    if not rows:
+    batches = [batch for batch in batches if batch[2]]
+    if not batches:
         return
-    if session.get_bind().dialect.name != "postgresql" or len(rows) == 1:
-        session.execute(insert(table), [dict(zip(columns, row, strict=True)) for row in rows])
+    if session.get_bind().dialect.name != "postgresql":
+        for table, columns, rows in batches:
+            session.execute(insert(table), [dict(zip(columns, row, strict=True)) for row in rows])
         return
-    if len(rows) >= COPY_MIN_ROWS:
-        _copy_rows(session.connection(), table, columns, rows)
-        return
-    params = tuple(list(column) for column in zip(*rows, strict=True))
-    session.connection().exec_driver_sql(_unnest_insert(table, columns), params)
+    connection = session.connection()
+    together: list[_Batch] = []
+    for batch in batches:
+        if len(batch[2]) >= COPY_MIN_ROWS:
+            _copy_rows(connection, *batch)
+        else:
+            together.append(batch)
+    if together:
+        statement = _combined_insert(
+            tuple((table, columns, len(rows) == 1) for table, columns, rows in together)
+        )
+        params: list[Any] = []
+        for _, _, rows in together:
+            if len(rows) == 1:
+                params.extend(rows[0])
+            else:
+                params.extend(list(values) for values in zip(*rows, strict=True))
+        connection.exec_driver_sql(statement, tuple(params))
+
+
+@cache
+def _combined_insert(parts: tuple[tuple[Any, tuple[str, ...], bool], ...]) -> str:
+    """Return one statement that inserts into every table of ``parts``.
+
+    A table's rows travel as column arrays, or, when it gets a single row, as plain values
+    (psycopg builds an array parameter in Python, a plain value in C). PostgreSQL runs every
+    data-modifying ``WITH`` query whether or not the statement reads it; the tables have no
+    foreign keys between them, so the order does not matter.
+    """
+    *first, last = [
+        _values_insert(table, columns) if single else _unnest_insert(table, columns)
+        for table, columns, single in parts
+    ]
+    if not first:
+        return last
+    return "WITH " + ", ".join(f"w{n} AS ({insert})" for n, insert in enumerate(first)) + " " + last
+
+
+def _delete_index_rows(session: Session, rtype: str, ids: Sequence[str]) -> None:
+    """Delete the index and compartment rows of resources about to be re-indexed.
+
+    One statement on PostgreSQL (every table's ``DELETE`` a ``WITH`` query of it), a
+    statement per table elsewhere.
+    """
+    tables: list[Any] = [*{id(t): t for t in INDEX_TABLES.values()}.values(), FhirCompartment.__table__]
+    for part in _chunks(ids):
+        if session.get_bind().dialect.name == "postgresql":
+            session.connection().exec_driver_sql(
+                _combined_delete(tuple(tables)), (rtype, list(part)) * len(tables)
+            )
+            continue
+        for table in tables:
+            session.execute(sa.delete(table).where(table.c.res_type == rtype, table.c.res_id.in_(part)))
+
+
+@cache
+def _combined_delete(tables: tuple[Any, ...]) -> str:
+    """Return one statement deleting a type's rows with the given ids (an array) from every table."""
+    # Table names come from our own definitions; the type and the ids travel as parameters.
+    *first, last = [
+        f'DELETE FROM "{table.name}" WHERE res_type = %s AND res_id = ANY(%s::text[])'  # noqa: S608
+        for table in tables
+    ]
+    return "WITH " + ", ".join(f"d{n} AS ({delete})" for n, delete in enumerate(first)) + " " + last
 
 
 def _copy_rows(
@@ -424,23 +487,6 @@ def _apply(session: Session, writes: Sequence[_Write]) -> None:
         return
     new_rows = [w for w in writes if w.is_new]
     old_rows = [w for w in writes if not w.is_new]
-    if new_rows:
-        _insert_rows(
-            session,
-            FhirResource.__table__,
-            [
-                {
-                    "res_type": w.type,
-                    "res_id": w.id,
-                    "version": w.version,
-                    "created": w.created,
-                    "last_updated": w.last_updated,
-                    "deleted": w.resource is None,
-                    "content": w.text,
-                }
-                for w in new_rows
-            ],
-        )
     for w in old_rows:
         session.execute(
             sa.update(FhirResource)
@@ -449,48 +495,37 @@ def _apply(session: Session, writes: Sequence[_Write]) -> None:
                 version=w.version, last_updated=w.last_updated, deleted=w.resource is None, content=w.text
             )
         )
-    _insert_rows(
-        session,
-        FhirResourceHistory.__table__,
-        [
-            {
-                "res_type": w.type,
-                "res_id": w.id,
-                "version": w.version,
-                "last_updated": w.last_updated,
-                "method": w.method,
-                "deleted": w.resource is None,
-                "content": w.text,
-            }
-            for w in writes
-        ],
-    )
     stale: dict[str, list[str]] = defaultdict(list)
     for w in old_rows:
         stale[w.type].append(w.id)
     for rtype, ids in stale.items():
-        for part in _chunks(ids):
-            for table in {id(t): t for t in INDEX_TABLES.values()}.values():
-                session.execute(sa.delete(table).where(table.c.res_type == rtype, table.c.res_id.in_(part)))
-            session.execute(
-                sa.delete(FhirCompartment).where(
-                    FhirCompartment.res_type == rtype, FhirCompartment.res_id.in_(part)
-                )
-            )
-    batched: dict[str, list[tuple[Any, ...]]] = defaultdict(list)
-    compartments: list[dict[str, Any]] = []
+        _delete_index_rows(session, rtype, ids)
+    batches: list[_Batch] = [
+        (
+            FhirResource.__table__,
+            _RESOURCE_COLUMNS,
+            [
+                (w.type, w.id, w.version, w.created, w.last_updated, w.resource is None, w.text)
+                for w in new_rows
+            ],
+        ),
+        (
+            FhirResourceHistory.__table__,
+            _HISTORY_COLUMNS,
+            [(w.type, w.id, w.version, w.last_updated, w.method, w.resource is None, w.text) for w in writes],
+        ),
+    ]
+    indexed: dict[str, list[tuple[Any, ...]]] = defaultdict(list)
+    compartments: list[tuple[Any, ...]] = []
     for w in writes:
         if w.resource is None:
             continue
         for kind, rows in index_rows(w.type, w.id, w.resource, w.last_updated).items():
-            batched[kind].extend(rows)
-        compartments.extend(
-            {"patient_id": pid, "res_type": w.type, "res_id": w.id}
-            for pid in compartment_patients(w.type, w.resource)
-        )
-    for kind, rows in batched.items():
-        _insert_tuples(session, INDEX_TABLES[kind], INDEX_COLUMNS[kind], rows)
-    _insert_rows(session, FhirCompartment.__table__, compartments)
+            indexed[kind].extend(rows)
+        compartments.extend((pid, w.type, w.id) for pid in compartment_patients(w.type, w.resource))
+    batches += [(INDEX_TABLES[kind], INDEX_COLUMNS[kind], rows) for kind, rows in indexed.items()]
+    batches.append((FhirCompartment.__table__, _COMPARTMENT_COLUMNS, compartments))
+    _insert_batches(session, batches)
 
 
 def _to_stored(w: _Write, *, created: bool) -> StoredResource:
