@@ -40,7 +40,7 @@ from booking.models import (
 )
 from fhir import services as store
 from his import events
-from his.db import as_utc, utcnow
+from his.db import as_utc, core_connection, utcnow
 from his.errors import N_, BadRequest, Conflict, NotFound, ValidationFailed, VetinhError
 from his.models import Site, User
 from his.policy import grant_site_access
@@ -627,9 +627,11 @@ def allocate_queue_number(session: Session, clinic_session: ClinicSession, chann
             clinic_session.walkin_first,
             clinic_session.walkin_step,
         )
-    issued = session.execute(
-        _TAKE_NUMBER[channel], {"id": clinic_session.id, "capacity": capacity}
-    ).scalar_one_or_none()
+    issued = (
+        core_connection(session)
+        .execute(_TAKE_NUMBER[channel], {"id": clinic_session.id, "capacity": capacity})
+        .scalar_one_or_none()
+    )
     if issued is None:
         return None
     return first + (int(issued) - 1) * step
@@ -753,16 +755,20 @@ def _earlier_bookings(session: Session, request: BookingRequest) -> tuple[Bookin
     Returns (replay, active booking in the session); the replay is None when the key is new.
     Raises ValidationFailed when the key was used for a different booking.
     """
-    rows = session.execute(
-        _EARLIER_BOOKINGS_QUERY,
-        {
-            # No booking has a null key, so a request without one matches no replay.
-            "owner": request.idempotency_owner if request.idempotency_key else None,
-            "key": request.idempotency_key,
-            "session_id": request.session_id,
-            "patient_id": request.patient_id,
-        },
-    ).all()
+    rows = (
+        core_connection(session)
+        .execute(
+            _EARLIER_BOOKINGS_QUERY,
+            {
+                # No booking has a null key, so a request without one matches no replay.
+                "owner": request.idempotency_owner if request.idempotency_key else None,
+                "key": request.idempotency_key,
+                "session_id": request.session_id,
+                "patient_id": request.patient_id,
+            },
+        )
+        .all()
+    )
     replay_id = active_id = None
     for row in rows:
         if request.idempotency_key and (row.idempotency_owner, row.idempotency_key) == (

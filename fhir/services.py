@@ -41,7 +41,7 @@ from fhir.searchparams import (
     parse_reference,
 )
 from fhir.validation import is_resource_type, summary_elements, validate_resource
-from his.db import utcnow
+from his.db import core_connection, utcnow
 from his.errors import BadRequest, Conflict, Gone, NotFound, PreconditionFailed, ValidationFailed
 
 if TYPE_CHECKING:
@@ -757,7 +757,9 @@ _DELETED_FLAG_QUERY = select(FhirResource.deleted).where(
 
 def exists(session: Session, resource_type: str, resource_id: str) -> bool:
     """Tell whether a resource exists and is not deleted, without reading it."""
-    deleted = session.scalar(_DELETED_FLAG_QUERY, {"res_type": resource_type, "res_id": resource_id})
+    deleted = core_connection(session).scalar(
+        _DELETED_FLAG_QUERY, {"res_type": resource_type, "res_id": resource_id}
+    )
     return deleted is False
 
 

@@ -14,7 +14,7 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 from sqlalchemy import CursorResult, bindparam, delete, func, select
 from sqlalchemy.orm import Session
 
-from his.db import as_utc, utcnow
+from his.db import as_utc, core_connection, utcnow
 from his.errors import N_, Conflict, NotFound, TooManyRequests, Unauthorized, ValidationFailed
 from his.identifiers import InvalidNationalId, validate_cccd
 from his.models import ROLES, STAFF_ROLES, ApiClient, ApiToken, LoginAttempt, Site, User, WebSession
@@ -292,7 +292,7 @@ def resolve_token(session: Session, token: str) -> TokenHolder:
     Raises Unauthorized when the token is unknown (tampered), expired, or its user or
     client is gone or deactivated.
     """
-    found = session.execute(_TOKEN_HOLDER_QUERY, {"token_hash": _token_hash(token)}).first()
+    found = core_connection(session).execute(_TOKEN_HOLDER_QUERY, {"token_hash": _token_hash(token)}).first()
     if found is None:
         raise Unauthorized(N_("The access token is not valid."), code="INVALID_TOKEN")
     scope, expires_at, user_id, client_id, name, full_name, role, site_id, site_code, patient_id, active = (

@@ -12,7 +12,7 @@ from flask import g
 from sqlalchemy import bindparam, select
 
 from his import audit
-from his.db import get_session
+from his.db import core_connection, get_session
 from his.errors import Forbidden
 from his.models import PatientLink, PatientSiteAccess
 from his.security import Principal
@@ -63,7 +63,9 @@ def site_may_see(site_id: int | None, patient_id: str) -> bool:
     seen = _seen_pairs()
     if (site_id, patient_id) in seen:
         return True
-    found = get_session().scalar(_SITE_ACCESS_QUERY, {"patient_id": patient_id, "site_id": site_id})
+    found = core_connection(get_session()).scalar(
+        _SITE_ACCESS_QUERY, {"patient_id": patient_id, "site_id": site_id}
+    )
     if found is not None:
         seen.add((site_id, patient_id))
     return found is not None
