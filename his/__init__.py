@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
 import logging
 from typing import Any
 
@@ -87,6 +88,10 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     from sqlalchemy.orm import configure_mappers
 
     configure_mappers()
+    if not settings.testing:
+        # What the app built lives as long as the process: keep its ~300,000 objects out of
+        # the collector's full passes, each of which held the GIL for about 0.17 s.
+        gc.freeze()
 
     jobs.init_app(app)
     return app
