@@ -21,6 +21,7 @@ from typing import Any, cast
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import Table, and_, bindparam, func, or_, select, update
+from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -461,24 +462,31 @@ def sessions_of_clinic(session: Session, clinic_id: int, day: date) -> list[Clin
     )
 
 
+# Built once: every refusal of a full session runs it, and a rush refuses thousands.
+_LATER_SESSIONS_WITH_ROOM = (
+    select(ClinicSession.id, ClinicSession.ends_at)
+    .join(SessionCounter, SessionCounter.session_id == ClinicSession.id)
+    .where(
+        ClinicSession.clinic_id == bindparam("clinic_id"),
+        ClinicSession.starts_at > bindparam("after"),
+        ClinicSession.status == "open",
+        SessionCounter.online_issued < ClinicSession.online_capacity,
+    )
+    .order_by(ClinicSession.starts_at)
+    .limit(10)
+)
+
+
 def next_session_with_room(
     session: Session, clinic_session: ClinicSession, zone: ZoneInfo, now: datetime
 ) -> ClinicSession | None:
     """Find the clinic's next open session, after this one, that still has online numbers."""
     clinic = clinic_session.clinic
-    candidates = session.execute(
-        select(ClinicSession.id, ClinicSession.ends_at)
-        .join(SessionCounter, SessionCounter.session_id == ClinicSession.id)
-        .where(
-            ClinicSession.clinic_id == clinic_session.clinic_id,
-            ClinicSession.starts_at > clinic_session.starts_at,
-            ClinicSession.status == "open",
-            SessionCounter.online_issued < ClinicSession.online_capacity,
-        )
-        .order_by(ClinicSession.starts_at)
-        .limit(10)
-    ).all()
-    for candidate_id, ends_at in candidates:
+    candidates = core_connection(session).execute(
+        _LATER_SESSIONS_WITH_ROOM,
+        {"clinic_id": clinic_session.clinic_id, "after": clinic_session.starts_at},
+    )
+    for candidate_id, ends_at in candidates.all():
         # A later session of the same clinic is still bookable (or soon will be) until
         # its window closes, which only its end moves.
         if now < _aware(ends_at) - timedelta(minutes=clinic.window_closes_minutes_before_end):
@@ -803,11 +811,16 @@ _FULL_SESSIONS_LIMIT = 10_000
 
 def _full_key(session: Session, clinic_session: ClinicSession) -> tuple[str, int, str, int]:
     return (
-        str(session.get_bind().engine.url),
+        _database_name(session.get_bind().engine),
         clinic_session.id,
         _aware(clinic_session.created_at).isoformat(),
         clinic_session.online_capacity,
     )
+
+
+def _database_name(engine: Engine) -> str:
+    url = engine.url  # its parts, not str(url), which formats the whole URL on every refusal
+    return f"{url.drivername}://{url.host or ''}:{url.port or ''}/{url.database or ''}"
 
 
 def _known_full(session: Session, clinic_session: ClinicSession) -> bool:
