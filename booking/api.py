@@ -9,6 +9,7 @@ from zoneinfo import ZoneInfo
 
 from flask import Response, current_app, jsonify, request
 from sqlalchemy import select
+from sqlalchemy.orm import joinedload
 
 from booking import services
 from booking.blueprint import bp
@@ -275,7 +276,12 @@ def take_write_lock() -> None:
 )
 def list_clinics() -> Response:
     """Return the active clinics, by site and name."""
-    query = select(Clinic).where(Clinic.active.is_(True)).order_by(Clinic.site_id, Clinic.name)
+    query = (
+        select(Clinic)
+        .options(joinedload(Clinic.site), joinedload(Clinic.department))
+        .where(Clinic.active.is_(True))
+        .order_by(Clinic.site_id, Clinic.name)
+    )
     site_code = request.args.get("site", "").strip()
     clinics = [c for c in get_session().scalars(query) if not site_code or c.site.code == site_code]
     return jsonify([clinic_summary(c) for c in clinics])

@@ -76,8 +76,10 @@ class Clinic(Base):
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
-    department: Mapped[Department] = relationship(lazy="joined")
-    site: Mapped[Site] = relationship(lazy="joined")
+    # Loaded when asked for (once per request: they are many-to-one), not joined into every
+    # session and booking read: a booking's row would otherwise carry 14 more columns.
+    department: Mapped[Department] = relationship()
+    site: Mapped[Site] = relationship()
 
 
 class WeeklyTemplate(Base):
