@@ -7,19 +7,21 @@ Usage::
 
 Loads the Synthea bundles, then measures read by id, a first search page
 (``Observation?patient=…&_sort=-date``) and ``Patient/…/$everything`` with 1 and 8
-concurrent clients (keep-alive connections), printing p50/p99 latency, requests per
-second and read throughput as a share of ``GET /healthz`` measured in the same run.
+concurrent clients (each a process of its own on a keep-alive connection), printing
+p50/p99 latency, requests per second and read throughput as a share of ``GET /healthz``
+measured in the same run.
 """
 
 from __future__ import annotations
 
 import argparse
 import http.client
+import multiprocessing
 import tempfile
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import requests
 from fhir_ingest import Server, bundles, database, post_bundle, serve
@@ -85,37 +87,57 @@ def analyze(database_url: str) -> None:
     engine.dispose()
 
 
-def run(server: Server, name: str, paths: list[str], clients: int, duration: float) -> Figures:
-    """Send GETs for ``paths`` (round robin) from ``clients`` threads for ``duration`` seconds."""
-    host, port = server.url.removeprefix("http://").split(":")
-    headers = {"Authorization": f"Bearer {server.token}", "Accept": "application/fhir+json"}
+def _client(
+    host: str, port: int, token: str, paths: list[str], offset: int, duration: float, out: Any
+) -> None:
+    """Send GETs on one keep-alive connection for ``duration`` seconds; put the latencies (ms) on ``out``."""
+    headers = {"Authorization": f"Bearer {token}", "Accept": "application/fhir+json"}
+    connection = http.client.HTTPConnection(host, port, timeout=30)
     latencies: list[float] = []
-    lock = threading.Lock()
     stop_at = time.perf_counter() + duration
-    counter = iter(range(10**9))
+    index = offset
+    while time.perf_counter() < stop_at:
+        path = paths[index % len(paths)]
+        index += 1
+        start = time.perf_counter()
+        connection.request("GET", path, headers=headers)
+        response = connection.getresponse()
+        response.read()
+        if response.status != 200:
+            out.put(RuntimeError(f"{path}: {response.status}"))
+            return
+        latencies.append((time.perf_counter() - start) * 1000)
+    connection.close()
+    out.put(latencies)
 
-    def client() -> None:
-        connection = http.client.HTTPConnection(host, int(port), timeout=30)
-        mine: list[float] = []
-        while time.perf_counter() < stop_at:
-            path = paths[next(counter) % len(paths)]
-            start = time.perf_counter()
-            connection.request("GET", path, headers=headers)
-            response = connection.getresponse()
-            response.read()
-            if response.status != 200:
-                raise RuntimeError(f"{path}: {response.status}")
-            mine.append((time.perf_counter() - start) * 1000)
-        connection.close()
-        with lock:
-            latencies.extend(mine)
 
-    threads = [threading.Thread(target=client) for _ in range(clients)]
+def run(server: Server, name: str, paths: list[str], clients: int, duration: float) -> Figures:
+    """Send GETs for ``paths`` (round robin) from ``clients`` processes for ``duration`` seconds.
+
+    Each client is a process of its own on one keep-alive connection: client threads of one
+    process would wait for each other's GIL, and that wait would count as the server's.
+    """
+    host, port = server.url.removeprefix("http://").split(":")
+    context = multiprocessing.get_context("fork")
+    out = context.Queue()
+    processes = [
+        context.Process(
+            target=_client,
+            args=(host, int(port), server.token, paths, n * len(paths) // clients, duration, out),
+        )
+        for n in range(clients)
+    ]
     begin = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    for process in processes:
+        process.start()
+    latencies: list[float] = []
+    for _ in processes:
+        result = out.get()
+        if isinstance(result, Exception):
+            raise result
+        latencies.extend(result)
+    for process in processes:
+        process.join()
     elapsed = time.perf_counter() - begin
     return Figures(name, clients, len(latencies), elapsed, latencies)
 
