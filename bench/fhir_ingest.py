@@ -164,6 +164,10 @@ def serve(database_url: str, folder: Path, workers: int = 2, threads: int = 4) -
             str(threads),
             "--worker-class",
             "gthread",
+            # Each worker listens on its own SO_REUSEPORT socket, so the kernel spreads
+            # connections over the workers; on one shared socket, whichever worker wakes
+            # first takes most keep-alive connections and the others sit idle.
+            "--reuse-port",
             "--log-level",
             "warning",
             "--timeout",
