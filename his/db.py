@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -11,6 +12,7 @@ from typing import Any
 from flask import Flask, g, has_app_context
 from sqlalchemy import MetaData, create_engine, event
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.pool import NullPool
 
@@ -83,13 +85,42 @@ def make_engine(url: str, *, pool_size: int = 20, pool_timeout: int = 30) -> Eng
         else:
             kwargs["poolclass"] = NullPool
     else:
-        kwargs.update(
-            pool_pre_ping=True, pool_size=pool_size, max_overflow=pool_size, pool_timeout=pool_timeout
-        )
+        kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_timeout=pool_timeout)
     engine = create_engine(url, **kwargs)
     if engine.dialect.name == "sqlite":
         _configure_sqlite(engine)
+    else:
+        _ping_after_idle(engine)
     return engine
+
+
+# A pooled connection that rested this long is pinged before a request gets it.
+IDLE_BEFORE_PING = 10.0
+
+
+def _ping_after_idle(engine: Engine) -> None:
+    """Check a server connection before use only when it has rested in the pool a while.
+
+    A database restart or an idle timeout kills connections that wait in the pool; a
+    connection handed back moments ago is alive. SQLAlchemy's pre-ping would ask the server
+    on every checkout, a round trip more on every request of a rush; this asks only after
+    ``IDLE_BEFORE_PING`` seconds. A connection found dead is replaced (DisconnectionError makes the pool
+    open a new one), so the request never sees it.
+    """
+
+    @event.listens_for(engine, "checkin")
+    def _on_checkin(_dbapi_connection: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _on_checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        since = record.info.pop("idle_since", None)
+        if since is None or time.monotonic() - since < IDLE_BEFORE_PING:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except engine.dialect.loaded_dbapi.Error as error:
+            raise DisconnectionError(f"a pooled connection died while idle: {error}") from error
 
 
 def _configure_sqlite(engine: Engine) -> None:
