@@ -182,6 +182,7 @@ def serve(app: str, workers: int, threads: int, env: dict[str, str]) -> Iterator
             str(threads),
             "--worker-class",
             "gthread",
+            "--reuse-port",  # a socket per worker: the kernel spreads the clients over them
             "--log-level",
             "warning",
             "--timeout",
