@@ -256,9 +256,15 @@ def _ensure_access(principal: Principal, patients: set[str], action: str) -> Non
         ensure_patient_access(principal, patient_id, action)
 
 
-def _check_readable(principal: Principal, stored: StoredResource) -> set[str]:
-    """Raise Forbidden unless the caller may read ``stored``; return its patients."""
-    patients = services.compartments_of(get_session(), stored.type, stored.id)
+def _check_readable(
+    principal: Principal, stored: StoredResource, patients: set[str] | None = None
+) -> set[str]:
+    """Raise Forbidden unless the caller may read ``stored``; return its patients.
+
+    ``patients``, when the caller already read them with the resource, saves a query.
+    """
+    if patients is None:
+        patients = services.compartments_of(get_session(), stored.type, stored.id)
     if _is_patient(principal) and not patients:
         if stored.type not in DIRECTORY_TYPES:
             raise _forbidden_compartment()
@@ -375,8 +381,8 @@ def read(resource_type: str, resource_id: str) -> Response:
     _note("read", resource_type, resource_id)
     principal = _principal(resource_type, "read")
     audit_view = _guard_audit_events(principal, resource_type, "read")
-    stored = services.read(get_session(), resource_type, resource_id)
-    patients = set() if audit_view else _check_readable(principal, stored)
+    stored, compartment = services.read_with_patients(get_session(), resource_type, resource_id)
+    patients = set() if audit_view else _check_readable(principal, stored, compartment)
     g.fhir_audit.patient_id = min(patients) if patients else None
     match = request.headers.get("If-None-Match")
     if match is not None and match.strip().removeprefix("W/").strip('"') == str(stored.version_id):
