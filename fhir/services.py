@@ -1500,16 +1500,22 @@ def search(
     if summary != "count" and count > 0:
         order = _sort_columns(resource_type, settings["_sort"]) if settings.get("_sort") else []
         order.append(FhirResource.res_id.asc())
+        columns: list[Any] = list(FhirResource.__table__.c)
+        if wants_total:
+            # Counted with the page, before LIMIT: no second query for the total.
+            columns.append(func.count().over().label("matched"))
         page_stmt = (
-            select(FhirResource)
+            select(*columns)
             .where(FhirResource.res_type == resource_type, FhirResource.res_id.in_(stmt))
             .order_by(*order)
             .offset(offset)
             .limit(count + 1)
         )
-        rows = list(session.scalars(page_stmt))
+        rows = session.execute(page_stmt).all()
         has_next = len(rows) > count
         matches = [_stored(row) for row in rows[:count]]
+        if wants_total and rows:
+            total = int(rows[0].matched)
         includes = [
             (*_parse_include(v, False), k.endswith(":iterate")) for k, v in pairs if k.startswith("_include")
         ]
@@ -1528,7 +1534,7 @@ def search(
                 hidden = _hidden(session, list(fetched), visible_patients)
                 fetched = {k: v for k, v in fetched.items() if k not in hidden}
             included = [fetched[k] for k in keys if k in fetched]
-    if wants_total:
+    if wants_total and total is None:
         if summary != "count" and count > 0 and not has_next and (matches or offset == 0):
             # The page holds the rest of the matches: the total needs no second query.
             total = offset + len(matches)
