@@ -135,6 +135,22 @@ def _hold_write_lock() -> None:
     begin_immediate(session)
 
 
+@bp.before_request
+def _read_outside_a_transaction() -> None:
+    """Run a FHIR GET on PostgreSQL without BEGIN and COMMIT, each statement on its own.
+
+    Under READ COMMITTED every statement takes a fresh snapshot even inside a transaction,
+    so a read sees exactly what it would have seen; it saves two round trips and the
+    commit's work on every read. Bulk export's kick-off is a GET that writes its job, and
+    keeps its transaction.
+    """
+    if request.method != "GET" or request.path.endswith("/$export"):
+        return
+    session = get_session()
+    if session.get_bind().dialect.name == "postgresql":
+        session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+
+
 @bp.after_request
 def _record(response: Response) -> Response:
     """Audit the interaction with its outcome (denials included)."""
