@@ -57,6 +57,10 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     extensions.init_app(app)
     i18n.init_app(app)
     events.init_app(app)
+    if settings.token_cache_seconds > 0:
+        from his.accounts import TokenCache
+
+        app.extensions["vetinh.tokens"] = TokenCache(settings.token_cache_seconds)
 
     from billing.views import bp as billing_bp
     from booking.views import bp as booking_bp

@@ -5,6 +5,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import secrets
+import threading
+import time
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any, cast
@@ -259,6 +261,7 @@ class TokenHolder:
     site_id: int | None
     site_code: str | None
     patient_id: str | None
+    expires_at: datetime | None = None
 
 
 # Built once: this query runs on every API request, and only the columns a principal needs
@@ -299,7 +302,7 @@ def resolve_token(session: Session, token: str) -> TokenHolder:
         found
     )
     if as_utc(expires_at) <= utcnow():
-        raise Unauthorized(N_("The access token has expired."), code="TOKEN_EXPIRED")
+        raise _token_expired()
     if name is None or not active:
         raise Unauthorized(N_("The access token is not valid."), code="INVALID_TOKEN")
     return TokenHolder(
@@ -312,7 +315,70 @@ def resolve_token(session: Session, token: str) -> TokenHolder:
         site_id=site_id,
         site_code=site_code,
         patient_id=patient_id,
+        expires_at=as_utc(expires_at),
     )
+
+
+def _token_expired() -> Unauthorized:
+    return Unauthorized(N_("The access token has expired."), code="TOKEN_EXPIRED")
+
+
+# Published, once the change commits, when a user's tokens end (deactivation, new password).
+TOKENS_ENDED = "accounts.tokens_ended"
+
+
+class TokenCache:
+    """Remember, for a few seconds, who the bearer tokens seen by this process speak for.
+
+    Every API request would otherwise spend a database query on its token. A remembered
+    token is still refused the moment it expires. When a user's tokens end (deactivated,
+    password reset) the commit publishes ``accounts.tokens_ended`` and every process drops
+    that user's tokens before it serves its next request (through Redis when events go
+    through Redis; with the in-process bus, other worker processes notice within
+    ``seconds``). A token deleted behind the app's back also stops working within ``seconds``.
+    """
+
+    LIMIT = 10_000
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._entries: dict[str, tuple[float, TokenHolder]] = {}
+        self._ended: Any = None  # the subscription to TOKENS_ENDED, opened on first use
+        self._lock = threading.Lock()
+
+    def resolve(self, session: Session, token: str) -> TokenHolder:
+        """Return who ``token`` speaks for (see ``resolve_token``), remembered or looked up."""
+        self._forget_ended()
+        key = _token_hash(token)
+        entry = self._entries.get(key)
+        if entry is not None and time.monotonic() - entry[0] < self.seconds:
+            holder = entry[1]
+            if holder.expires_at is not None and holder.expires_at <= utcnow():
+                self._entries.pop(key, None)
+                raise _token_expired()
+            return holder
+        holder = resolve_token(session, token)
+        if len(self._entries) >= self.LIMIT:
+            self._entries.clear()
+        self._entries[key] = (time.monotonic(), holder)
+        return holder
+
+    def _forget_ended(self) -> None:
+        from his import events
+
+        if self._ended is None:
+            with self._lock:
+                if self._ended is None:
+                    self._ended = events.subscribe(TOKENS_ENDED)
+        while (event := self._ended.get(timeout=0)) is not None:
+            user_id = event.data.get("user_id")
+            for key, (_, holder) in list(self._entries.items()):
+                if holder.user_id == user_id:
+                    self._entries.pop(key, None)
+
+    def close(self) -> None:
+        if self._ended is not None:
+            self._ended.close()
 
 
 def narrow_scope(requested: str | None, allowed: str) -> str:
@@ -414,7 +480,18 @@ def end_sessions(session: Session, user_id: int, *, keep_session_id: str | None 
             or 0
         )
     tokens = cast(CursorResult[Any], session.execute(delete(ApiToken).where(ApiToken.user_id == user_id)))
+    _announce_tokens_ended(user_id)
     return ended + (tokens.rowcount or 0)
+
+
+def _announce_tokens_ended(user_id: int) -> None:
+    """Tell every process's token cache, once this commits, that the user's tokens ended."""
+    from flask import has_app_context
+
+    from his import events
+
+    if has_app_context():
+        events.publish(TOKENS_ENDED, {"user_id": user_id})
 
 
 def set_active(session: Session, user: User, active: bool) -> None:

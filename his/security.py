@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
-from flask import g, redirect, request, session, url_for
+from flask import current_app, g, redirect, request, session, url_for
 from sqlalchemy import bindparam, select
 
 from his.accounts import resolve_token, scope_covers
@@ -93,7 +93,8 @@ def _resolve() -> Principal:
         kind, _, token = header.partition(" ")
         if kind.lower() != "bearer" or not token.strip():
             raise Unauthorized("Use 'Authorization: Bearer <token>'.", code="INVALID_TOKEN")
-        holder = resolve_token(db, token.strip())
+        tokens = current_app.extensions.get("vetinh.tokens")
+        holder = tokens.resolve(db, token.strip()) if tokens else resolve_token(db, token.strip())
         return Principal(
             kind="user" if holder.user_id is not None else "client",
             user_id=holder.user_id,

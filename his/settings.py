@@ -35,6 +35,7 @@ class Settings:
     event_backend: str = ""
     scheduler_enabled: bool = True
     token_ttl_seconds: int = 3600
+    token_cache_seconds: float = 5.0
     session_ttl_seconds: int = 8 * 3600
     login_max_failures: int = 5
     login_window_seconds: int = 900
