@@ -231,17 +231,27 @@ def rush(url: str, setup: Setup, clients: int, processes: int) -> tuple[Outcome,
     return outcome, elapsed, cpu
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    """Sum the user and system CPU seconds of processes (Linux /proc)."""
+def cpu_by_process(pids: list[int]) -> dict[int, float]:
+    """Return each process's user and system CPU seconds (Linux /proc)."""
     tick = os.sysconf("SC_CLK_TCK")
-    total = 0
+    found = {}
     for pid in pids:
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        total += int(fields[11]) + int(fields[12])
-    return total / tick
+        found[pid] = (int(fields[11]) + int(fields[12])) / tick
+    return found
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """Sum the user and system CPU seconds of processes (Linux /proc)."""
+    return sum(cpu_by_process(pids).values())
+
+
+def cpu_used_since(before: dict[int, float], pids: list[int]) -> float:
+    """CPU seconds used since ``before`` by ``pids``; a process born since counts in full."""
+    return sum(now - before.get(pid, 0.0) for pid, now in cpu_by_process(pids).items())
 
 
 def processes_named(name: str) -> list[int]:
@@ -310,11 +320,13 @@ def main() -> None:
         )
         with serve(url, Path(folder), workers=args.workers, threads=args.threads) as server:
             servers = server.pids()
-            database_pids = processes_named("postgres") if label == "PostgreSQL" else []
-            server_before, database_before = cpu_seconds(servers), cpu_seconds(database_pids)
+            postgres = label == "PostgreSQL"
+            server_before = cpu_seconds(servers)
+            # Backends the server's pools open during the rush count too.
+            database_before = cpu_by_process(processes_named("postgres")) if postgres else {}
             outcome, elapsed, client_cpu = rush(server.url, setup, args.clients, args.client_processes)
             server_cpu = cpu_seconds(servers) - server_before
-            database_cpu = cpu_seconds(database_pids) - database_before
+            database_cpu = cpu_used_since(database_before, processes_named("postgres")) if postgres else 0.0
         duplicates, lost = check(url, outcome)
     successes = len(outcome.created)
     per_second = successes / outcome.last_success if outcome.last_success else 0.0
