@@ -47,7 +47,7 @@ test-sqlite: deps
 	VETINH_TEST_BACKEND=sqlite $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-postgresql: deps
-	VETINH_TEST_BACKEND=postgresql $(BIN)/python -m pytest -m "not e2e" $(PYTEST_ARGS)
+	VETINH_TEST_BACKEND=postgresql $(BIN)/python -m pytest -m "not e2e and not backend_free" $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

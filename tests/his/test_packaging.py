@@ -25,6 +25,7 @@ def test_both_fhir_packages_import_from_the_checkout():
 
 
 @pytest.mark.slow
+@pytest.mark.backend_free  # builds and installs a wheel: the database backend plays no part
 @pytest.mark.parametrize("order", ["ours-first", "theirs-first"])
 def test_both_fhir_packages_import_from_an_installed_wheel(tmp_path, order):
     dist = tmp_path / "dist"
