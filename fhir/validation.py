@@ -6,6 +6,7 @@ Errors come back as OperationOutcome issues whose ``expression`` names the eleme
 
 from __future__ import annotations
 
+import functools
 import typing
 from collections.abc import Iterable
 from functools import cache
@@ -65,10 +66,16 @@ def preload_models(resource_types: Iterable[str]) -> int:
     fhir.resources imports a model, and builds its validator, the first time a resource
     or element of that type is validated, which makes the first writes a process sees
     several times slower than the rest. Returns how many models are loaded; raises
-    KeyError for an unknown type.
+    KeyError for an unknown type. The walk runs once per process for a set of types:
+    every app built after the first (a test builds one per test) finds them loaded.
     """
+    return _preload(frozenset(resource_types))
+
+
+@functools.cache
+def _preload(resource_types: frozenset[str]) -> int:
     loaded: set[type] = set()
-    pending = [get_fhir_model_class(name) for name in resource_types]
+    pending = [get_fhir_model_class(name) for name in sorted(resource_types)]
     while pending:
         model = pending.pop()
         if model in loaded:
