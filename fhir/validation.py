@@ -6,7 +6,6 @@ Errors come back as OperationOutcome issues whose ``expression`` names the eleme
 
 from __future__ import annotations
 
-import functools
 import typing
 from collections.abc import Iterable
 from functools import cache
@@ -72,7 +71,7 @@ def preload_models(resource_types: Iterable[str]) -> int:
     return _preload(frozenset(resource_types))
 
 
-@functools.cache
+@cache
 def _preload(resource_types: frozenset[str]) -> int:
     loaded: set[type] = set()
     pending = [get_fhir_model_class(name) for name in sorted(resource_types)]

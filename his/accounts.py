@@ -13,9 +13,11 @@ from typing import Any, cast
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+from flask import has_app_context
 from sqlalchemy import CursorResult, bindparam, delete, func, select
 from sqlalchemy.orm import Session
 
+from his import events
 from his.db import as_utc, core_connection, utcnow
 from his.errors import N_, Conflict, NotFound, TooManyRequests, Unauthorized, ValidationFailed
 from his.identifiers import InvalidNationalId, validate_cccd
@@ -261,7 +263,7 @@ class TokenHolder:
     site_id: int | None
     site_code: str | None
     patient_id: str | None
-    expires_at: datetime | None = None
+    expires_at: datetime
 
 
 # Built once: this query runs on every API request, and only the columns a principal needs
@@ -343,7 +345,7 @@ class TokenCache:
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
         self._entries: dict[str, tuple[float, TokenHolder]] = {}
-        self._ended: Any = None  # the subscription to TOKENS_ENDED, opened on first use
+        self._ended: events.Subscription | None = None  # to TOKENS_ENDED, opened on first use
         self._lock = threading.Lock()
 
     def resolve(self, session: Session, token: str) -> TokenHolder:
@@ -353,7 +355,7 @@ class TokenCache:
         entry = self._entries.get(key)
         if entry is not None and time.monotonic() - entry[0] < self.seconds:
             holder = entry[1]
-            if holder.expires_at is not None and holder.expires_at <= utcnow():
+            if holder.expires_at <= utcnow():
                 self._entries.pop(key, None)
                 raise _token_expired()
             return holder
@@ -364,8 +366,7 @@ class TokenCache:
         return holder
 
     def _forget_ended(self) -> None:
-        from his import events
-
+        """Drop the tokens of every user whose tokens ended since the last request."""
         if self._ended is None:
             with self._lock:
                 if self._ended is None:
@@ -375,10 +376,6 @@ class TokenCache:
             for key, (_, holder) in list(self._entries.items()):
                 if holder.user_id == user_id:
                     self._entries.pop(key, None)
-
-    def close(self) -> None:
-        if self._ended is not None:
-            self._ended.close()
 
 
 def narrow_scope(requested: str | None, allowed: str) -> str:
@@ -486,10 +483,6 @@ def end_sessions(session: Session, user_id: int, *, keep_session_id: str | None 
 
 def _announce_tokens_ended(user_id: int) -> None:
     """Tell every process's token cache, once this commits, that the user's tokens ended."""
-    from flask import has_app_context
-
-    from his import events
-
     if has_app_context():
         events.publish(TOKENS_ENDED, {"user_id": user_id})
 

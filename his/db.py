@@ -104,8 +104,8 @@ def _ping_after_idle(engine: Engine) -> None:
     A database restart or an idle timeout kills connections that wait in the pool; a
     connection handed back moments ago is alive. SQLAlchemy's pre-ping would ask the server
     on every checkout, a round trip more on every request of a rush; this asks only after
-    ``IDLE_BEFORE_PING`` seconds. A connection found dead is replaced (DisconnectionError makes the pool
-    open a new one), so the request never sees it.
+    ``IDLE_BEFORE_PING`` seconds. A connection found dead is replaced (DisconnectionError
+    makes the pool open a new one), so the request never sees it.
     """
 
     @event.listens_for(engine, "checkin")
