@@ -23,7 +23,7 @@ from hypothesis import settings as hypothesis_settings
 from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.engine import make_url
 
-from his import create_app
+from his import create_app, events
 from his.accounts import NewUser, create_user, issue_token
 from his.cli import upgrade_database
 from his.db import get_database
@@ -221,3 +221,30 @@ def live_server(app: Flask) -> Iterator[LiveServer]:
     server.shutdown()
     server.server_close()
     thread.join(timeout=5)
+
+
+REDIS_URL = os.environ.get("VETINH_TEST_REDIS_URL", "")
+
+
+@pytest.fixture
+def redis_prefix() -> str:
+    """Give the test a Redis key prefix of its own."""
+    if not REDIS_URL:
+        pytest.skip("VETINH_TEST_REDIS_URL is not set: this test needs a Redis for the event bus")
+    return f"vetinh-test-{secrets.token_hex(4)}:"
+
+
+@pytest.fixture
+def redis_apps(
+    test_database: TestDatabase, settings_overrides: dict[str, Any], redis_prefix: str
+) -> Iterator[list[Flask]]:
+    """Build two apps (two buses, as two processes would have) on one Redis prefix."""
+    overrides = {**settings_overrides, "event_backend": "redis", "redis_url": REDIS_URL}
+    apps = [create_app(database_url=test_database.url, **overrides) for _ in range(2)]
+    for each in apps:
+        each.config["VETINH_REDIS_PREFIX"] = redis_prefix
+    yield apps
+    for each in apps:
+        events.close(each)
+        each.extensions["vetinh.audit"].close()
+        get_database(each).dispose()

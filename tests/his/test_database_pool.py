@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.engine import make_url
 
 import his.db
 from his.db import Database
-from tests import conftest
+
+# Both passes of `make test` run these against the PostgreSQL server: the tests need no tables,
+# only server connections (SQLite has none to lose).
+pytestmark = pytest.mark.postgres
 
 
 @pytest.fixture
-def postgres(test_database: conftest.TestDatabase) -> conftest.TestDatabase:
-    if not test_database.url.startswith("postgresql"):
-        pytest.skip("pool pinging is a PostgreSQL matter: SQLite has no server connection to lose")
-    return test_database
+def server_url() -> str:
+    base = os.environ.get("VETINH_TEST_DATABASE_URL", "")
+    if not base:
+        pytest.skip("VETINH_TEST_DATABASE_URL is not set: pool pinging needs a PostgreSQL server")
+    return make_url(base).set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
 
 
 def _count_pings(monkeypatch: pytest.MonkeyPatch, database: Database) -> list[int]:
@@ -33,9 +39,9 @@ def _count_pings(monkeypatch: pytest.MonkeyPatch, database: Database) -> list[in
 
 
 def test_a_connection_handed_back_moments_ago_is_not_pinged(
-    postgres: conftest.TestDatabase, monkeypatch: pytest.MonkeyPatch
+    server_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    database = Database(postgres.url, pool_size=1)
+    database = Database(server_url, pool_size=1)
     pings = _count_pings(monkeypatch, database)
     try:
         for _ in range(5):
@@ -47,11 +53,11 @@ def test_a_connection_handed_back_moments_ago_is_not_pinged(
 
 
 def test_a_connection_that_died_while_idle_is_replaced_before_use(
-    postgres: conftest.TestDatabase, monkeypatch: pytest.MonkeyPatch
+    server_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(his.db, "IDLE_BEFORE_PING", 0.0)
-    database = Database(postgres.url, pool_size=1)
-    admin = Database(postgres.url, pool_size=1)
+    database = Database(server_url, pool_size=1)
+    admin = Database(server_url, pool_size=1)
     pings = _count_pings(monkeypatch, database)
     try:
         with database.engine.connect() as conn:

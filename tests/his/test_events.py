@@ -174,29 +174,6 @@ def test_publish_survives_an_unreachable_redis(
         get_database(app).dispose()
 
 
-@pytest.fixture
-def redis_prefix() -> str:
-    if not REDIS_URL:
-        pytest.skip("VETINH_TEST_REDIS_URL is not set: the Redis event bus tests need a Redis")
-    return f"vetinh-test-{secrets.token_hex(4)}:"
-
-
-@pytest.fixture
-def redis_apps(
-    test_database: Any, settings_overrides: dict[str, Any], redis_prefix: str
-) -> Iterator[list[Flask]]:
-    """Build two apps (two buses, as two processes would have) on one Redis prefix."""
-    overrides = {**settings_overrides, "event_backend": "redis", "redis_url": REDIS_URL}
-    apps = [create_app(database_url=test_database.url, **overrides) for _ in range(2)]
-    for each in apps:
-        each.config["VETINH_REDIS_PREFIX"] = redis_prefix
-    yield apps
-    for each in apps:
-        events.close(each)
-        each.extensions["vetinh.audit"].close()
-        get_database(each).dispose()
-
-
 @pytest.mark.redis
 def test_redis_bus_carries_events_between_buses(redis_apps: list[Flask]) -> None:
     publisher, listener = redis_apps
