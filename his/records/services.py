@@ -783,8 +783,8 @@ def patient_facts(
     return PatientFacts(birth_date=birth_date, weight_kg=weight, guardian_name=guardian)
 
 
-def current_medicines(session: Session, patient_id: str, exclude_encounter: str) -> list[Drug]:
-    """Return the drugs of the patient's active prescriptions from other encounters."""
+def current_medicines(session: Session, patient_id: str, exclude_encounter: str, on: date) -> list[Drug]:
+    """Return the drugs of the patient's prescriptions from other encounters still running on a day."""
     result = store.search(
         session,
         "MedicationRequest",
@@ -792,7 +792,7 @@ def current_medicines(session: Session, patient_id: str, exclude_encounter: str)
     )
     drugs = catalogue(session)
     found = []
-    today = date.today().isoformat()
+    today = on.isoformat()
     for match in result.matches:
         resource = match.resource
         if _reference_id(resource.get("encounter"), "Encounter") == exclude_encounter:
@@ -857,7 +857,7 @@ def plan_prescription(
         [p.item for p in planned],
         facts,
         allergies=patient_allergies(session, encounter.patient_id),
-        current=current_medicines(session, encounter.patient_id, encounter.id),
+        current=current_medicines(session, encounter.patient_id, encounter.id, on),
         on=on,
         locale=locale,
     )

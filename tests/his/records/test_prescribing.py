@@ -497,3 +497,37 @@ def test_the_fhir_api_refuses_to_change_or_delete_a_signed_resource(
     assert observation.status_code == 201
     observation_id = observation.json["id"]
     assert client.delete(f"/fhir/R4/Observation/{observation_id}", headers=headers).status_code == 204
+
+
+def test_an_earlier_prescription_counts_for_interactions_while_it_runs(
+    session: Session, make_visit: Callable[..., Visit], doctor: User
+) -> None:
+    """Warfarin from last week's visit warns against aspirin today, not once the course is over.
+
+    The day is the one the doctor prescribes on (the hospital's), not the server's clock: on a
+    UTC server the two differ between midnight and 07:00 in Hà Nội.
+    """
+    earlier = make_visit()
+    services.add_diagnosis(session, earlier.encounter_id, "I48", actor_of(doctor))
+    prescribe(session, earlier, doctor, (DraftLine("VTS0012", "tối 1 viên"),), days=5)
+    signatures.sign_encounter(
+        session, earlier.encounter_id, actor_of(doctor), overrides={}, secret=SECRET, on=TODAY
+    )
+    later = store.create(
+        session,
+        {
+            "resourceType": "Encounter",
+            "status": "arrived",
+            "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+            "subject": {"reference": f"Patient/{earlier.patient_id}"},
+        },
+    )
+    aspirin = DraftPrescription((DraftLine("VTS0010", "sáng 1 viên"),), 5)
+    _draft, running = services.save_prescription(
+        session, later.id, aspirin, actor_of(doctor), on=TODAY + timedelta(days=4)
+    )
+    assert [w.key for w in running.warnings] == ["interaction:VTS0010+VTS0012"]
+    _draft, over = services.save_prescription(
+        session, later.id, aspirin, actor_of(doctor), on=TODAY + timedelta(days=30)
+    )
+    assert over.warnings == ()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Callable
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
@@ -22,7 +22,15 @@ from tests.conftest import login
 from .conftest import Visit, actor_of, unit_of_work
 
 ZONE = ZoneInfo("Asia/Ho_Chi_Minh")
-TODAY = datetime.now(ZONE).date()  # the hospital's day, as the report counts it
+
+
+def _today() -> date:
+    """Return the hospital's day, as the report counts it, when the test runs.
+
+    Not taken at import: a run that crosses midnight in Hà Nội (17:00 UTC) would sign today
+    and report on yesterday.
+    """
+    return datetime.now(ZONE).date()
 
 
 def test_ddd_follows_who_rules_for_combinations() -> None:
@@ -38,8 +46,9 @@ def test_ddd_follows_who_rules_for_combinations() -> None:
 
 def _sign_visit(session: Session, visit: Visit, doctor: User, lines: tuple[DraftLine, ...], icd: str) -> str:
     services.add_diagnosis(session, visit.encounter_id, icd, actor_of(doctor))
+    today = _today()
     prescription, plan = services.save_prescription(
-        session, visit.encounter_id, DraftPrescription(lines, 5), actor_of(doctor), on=TODAY
+        session, visit.encounter_id, DraftPrescription(lines, 5), actor_of(doctor), on=today
     )
     reasons = {w.key: "Đã cân nhắc" for w in plan.warnings}
     signatures.sign_encounter(
@@ -48,7 +57,7 @@ def _sign_visit(session: Session, visit: Visit, doctor: User, lines: tuple[Draft
         actor_of(doctor),
         overrides=reasons,
         secret=str(current_app.config["SECRET_KEY"]),
-        on=TODAY,
+        on=today,
     )
     return prescription.code
 
@@ -71,8 +80,9 @@ def test_antibiotic_share_and_ddd_per_thousand_visits(
             "J02.9",
         )
         _sign_visit(session, second, doctor, (DraftLine("VTS0001", "sáng 1 viên"),), "R50.9")
+    today = _today()
     with unit_of_work(app) as session:
-        rows = reports.antibiotic_use(session, sites["DIST"].id, TODAY.replace(day=1), TODAY, ZONE)
+        rows = reports.antibiotic_use(session, sites["DIST"].id, today.replace(day=1), today, ZONE)
     (row,) = rows
     assert (row.doctor, row.visits, row.visits_with_antibiotic) == ("Lê Văn Minh", 2, 1)
     assert row.share == Decimal("50.0")
@@ -82,7 +92,7 @@ def test_antibiotic_share_and_ddd_per_thousand_visits(
     page = client.get("/records/reports/antibiotics").get_data(as_text=True)
     assert 'data-testid="chart"' in page
     assert "2500,0" in page  # a decimal comma on the Vietnamese page
-    assert f"{TODAY.month:02d}/{TODAY.year}" in page  # the month as 11/2026, not 2026-11
+    assert f"{today.month:02d}/{today.year}" in page  # the month as 11/2026, not 2026-11
     exported = client.get("/records/reports/antibiotics", query_string={"format": "csv"})
     assert exported.mimetype == "text/csv"
     (line,) = list(csv.DictReader(io.StringIO(exported.get_data(as_text=True))))
