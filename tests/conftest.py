@@ -17,13 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from argon2 import PasswordHasher
 from flask import Flask
 from flask.testing import FlaskClient
 from hypothesis import settings as hypothesis_settings
 from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.engine import make_url
 
-from his import create_app, events
+from his import accounts, create_app, events
 from his.accounts import NewUser, create_user, issue_token
 from his.cli import upgrade_database
 from his.db import get_database
@@ -69,6 +70,23 @@ def _drop_postgres_database(db: TestDatabase) -> None:
     with admin.connect() as conn:
         conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     admin.dispose()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def cheap_password_hashing() -> Iterator[None]:
+    """Hash the tests' passwords with argon2id at its lowest cost.
+
+    The production parameters (argon2-cffi's defaults, RFC 9106's low-memory profile) cost
+    about 0.14 s a hash and as much a check on this machine, and the suite creates and logs in
+    hundreds of accounts. A check reads the cost from the stored hash, so cheap hashes are
+    cheap to check; what is stored is still an argon2id hash, which the auth tests assert.
+    """
+    saved = accounts._hasher
+    accounts._hasher = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
+    accounts._dummy_hash.cache_clear()
+    yield
+    accounts._hasher = saved
+    accounts._dummy_hash.cache_clear()
 
 
 @pytest.fixture(scope="session")
