@@ -15,6 +15,11 @@ during the rush is printed. Each request books through
 successful bookings per second, p50/p99 latency, duplicates (must be 0) and lost bookings
 (must be 0: every 201 is in the database, and every number in the database was answered
 201). Target on a 2-core machine: >= 300 successful bookings/s, p99 < 250 ms.
+
+Before the rush the same clients send as many ``GET /healthz`` (one ``SELECT 1``) to the same
+server: the rate this stack reaches on this machine for a request that does almost nothing,
+printed beside the bookings as the peer they are measured against. It also means the rush
+meets workers that have served requests, as a hospital's server has by 17:00.
 """
 
 from __future__ import annotations
@@ -131,10 +136,12 @@ def _client_process(
     ready: Any,
     go: Any,
     results: Any,
+    probe: bool = False,
 ) -> None:
     """Run one client process: a thread per job list, each on its own keep-alive connection.
 
-    Puts (latencies, statuses, created, codes, last success moment, CPU seconds) on ``results``.
+    With ``probe`` each job is a ``GET /healthz`` instead of a booking. Puts (latencies,
+    statuses, created, codes, last success moment, CPU seconds) on ``results``.
     """
     target = urlsplit(url)
     outcome = Outcome()
@@ -142,6 +149,15 @@ def _client_process(
     def client(work: list[tuple[int, str]]) -> None:
         connection = http.client.HTTPConnection(target.hostname, target.port, timeout=60)
         for session_id, patient_id in work:
+            if probe:
+                began = time.monotonic()
+                connection.request("GET", "/healthz")
+                response = connection.getresponse()
+                response.read()
+                with outcome.lock:
+                    outcome.latencies.append(time.monotonic() - began)
+                    outcome.statuses[response.status] += 1
+                continue
             body = json.dumps({"session_id": session_id, "patient_id": patient_id})
             headers = {
                 "Authorization": f"Bearer {token}",
@@ -189,11 +205,14 @@ def _client_process(
     )
 
 
-def rush(url: str, setup: Setup, clients: int, processes: int) -> tuple[Outcome, float, float]:
+def rush(
+    url: str, setup: Setup, clients: int, processes: int, *, probe: bool = False
+) -> tuple[Outcome, float, float]:
     """Send one booking request per patient from ``clients`` connections spread over processes.
 
     Request ``i`` goes to client ``i % clients``, so the clinics fill evenly, as under a
-    shared queue. Returns what came back, the elapsed seconds and the clients' CPU seconds.
+    shared queue. With ``probe`` every request is a ``GET /healthz`` instead. Returns what
+    came back, the elapsed seconds and the clients' CPU seconds.
     """
     per_client: list[list[tuple[int, str]]] = [[] for _ in range(clients)]
     for index, patient_id in enumerate(setup.patient_ids):
@@ -207,7 +226,7 @@ def rush(url: str, setup: Setup, clients: int, processes: int) -> tuple[Outcome,
         ready = context.Event()
         worker = context.Process(
             target=_client_process,
-            args=(url, setup.token, per_client[number::processes], ready, go, results),
+            args=(url, setup.token, per_client[number::processes], ready, go, results, probe),
         )
         worker.start()
         ready.wait()
@@ -319,6 +338,11 @@ def main() -> None:
             f"prepared {len(setup.session_ids)} sessions x {args.numbers} numbers, {len(setup.patient_ids)} patients"
         )
         with serve(url, Path(folder), workers=args.workers, threads=args.threads) as server:
+            # The same clients against GET /healthz (one SELECT 1): what this stack answers at
+            # most on this machine, measured in the same run as the bookings.
+            probed, probe_seconds, _cpu = rush(
+                server.url, setup, args.clients, args.client_processes, probe=True
+            )
             servers = server.pids()
             postgres = label == "PostgreSQL"
             server_before = cpu_seconds(servers)
@@ -342,6 +366,11 @@ def main() -> None:
     )
     print(f"latency: p50 {p50:.1f} ms, p99 {p99:.1f} ms (target p99 < {TARGET_P99_MS} ms)")
     print(f"duplicates: {duplicates} (must be 0); lost bookings: {lost} (must be 0)")
+    probe_rate = sum(probed.statuses.values()) / probe_seconds
+    print(
+        f"same clients, GET /healthz: {probe_rate:.0f}/s, p99 {percentile(probed.latencies, 0.99) * 1000:.1f} ms "
+        f"(statuses {dict(probed.statuses)}); bookings/s are {per_second / probe_rate:.0%} of it"
+    )
     print(
         f"CPU during the rush: server {server_cpu:.1f} s, database {database_cpu:.1f} s "
         f"(all postgres processes), clients {client_cpu:.1f} s, over {elapsed:.1f} s on {os.cpu_count()} cores; "
