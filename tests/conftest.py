@@ -73,18 +73,19 @@ def _drop_postgres_database(db: TestDatabase) -> None:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def cheap_password_hashing() -> Iterator[None]:
+def cheap_password_hashing() -> Iterator[PasswordHasher]:
     """Hash the tests' passwords with argon2id at its lowest cost.
 
     The production parameters (argon2-cffi's defaults, RFC 9106's low-memory profile) cost
     about 0.14 s a hash and as much a check on this machine, and the suite creates and logs in
     hundreds of accounts. A check reads the cost from the stored hash, so cheap hashes are
     cheap to check; what is stored is still an argon2id hash, which the auth tests assert.
+    Yields the production hasher, so that a test can check its cost.
     """
     saved = accounts._hasher
     accounts._hasher = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
     accounts._dummy_hash.cache_clear()
-    yield
+    yield saved
     accounts._hasher = saved
     accounts._dummy_hash.cache_clear()
 

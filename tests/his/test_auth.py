@@ -6,6 +6,8 @@ import subprocess
 import sys
 from datetime import timedelta
 
+import pytest
+from argon2 import PasswordHasher, profiles
 from sqlalchemy import func, select, update
 
 from his.db import get_database, utcnow
@@ -113,6 +115,16 @@ def test_passwords_are_stored_as_argon2_hashes(make_user, app):
         stored = db.scalar(select(User.password_hash).where(User.username == "pharma"))
     assert stored.startswith("$argon2id$")
     assert TEST_PASSWORD not in stored
+
+
+@pytest.mark.backend_free
+def test_outside_the_tests_passwords_are_hashed_at_rfc_9106_cost(cheap_password_hashing: PasswordHasher):
+    """The tests hash cheaply (see the fixture); the product uses RFC 9106's low-memory profile."""
+    recommended = profiles.RFC_9106_LOW_MEMORY
+    stored = cheap_password_hashing.hash(TEST_PASSWORD)
+    assert stored.startswith(
+        f"$argon2id$v=19$m={recommended.memory_cost},t={recommended.time_cost},p={recommended.parallelism}$"
+    )
 
 
 def test_cli_token_create_prints_a_working_token(app, make_user, client, test_database, tmp_path):
