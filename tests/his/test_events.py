@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import secrets
 import time
 from collections.abc import Iterator
@@ -17,8 +16,7 @@ from sqlalchemy import text
 from his import create_app, events
 from his.db import get_database, get_session
 from his.errors import Conflict
-
-REDIS_URL = os.environ.get("VETINH_TEST_REDIS_URL", "")
+from tests.conftest import REDIS_URL
 
 
 def _parse_sse(chunks: list[bytes]) -> list[dict[str, str]]:

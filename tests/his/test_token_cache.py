@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from datetime import timedelta
 from typing import Any
@@ -15,8 +14,6 @@ import his.accounts
 from his.db import get_database, utcnow
 from his.models import ApiToken
 from tests.conftest import csrf_token, login
-
-REDIS_URL = os.environ.get("VETINH_TEST_REDIS_URL", "")
 
 
 def _me(app: Flask, token: str) -> int:
