@@ -45,7 +45,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
 
     logging.basicConfig(level=logging.INFO if not settings.testing else logging.WARNING)
 
-    from his import audit, db, events, extensions, i18n, jobs
+    from his import audit, db, events, extensions, i18n, jobs, security
     from his.sessions import DatabaseSessionInterface
 
     database = db.Database(
@@ -57,10 +57,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     extensions.init_app(app)
     i18n.init_app(app)
     events.init_app(app)
-    if settings.token_cache_seconds > 0:
-        from his.accounts import TokenCache
-
-        app.extensions["vetinh.tokens"] = TokenCache(settings.token_cache_seconds)
+    security.init_app(app, settings.token_cache_seconds)
 
     from billing.views import bp as billing_bp
     from booking.views import bp as booking_bp

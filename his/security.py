@@ -7,15 +7,23 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
-from flask import current_app, g, redirect, request, session, url_for
+from flask import Flask, current_app, g, redirect, request, session, url_for
 from sqlalchemy import bindparam, select
 
-from his.accounts import resolve_token, scope_covers
+from his.accounts import TokenCache, resolve_token, scope_covers
 from his.db import get_session
 from his.errors import Forbidden, Unauthorized
 from his.models import STAFF_ROLES, Site, User
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+_BEARER_CACHE = "vetinh.tokens"
+
+
+def init_app(app: Flask, token_cache_seconds: float) -> None:
+    """Give the app a bearer-token cache, unless ``token_cache_seconds`` is 0 (see ``TokenCache``)."""
+    if token_cache_seconds > 0:
+        app.extensions[_BEARER_CACHE] = TokenCache(token_cache_seconds)
 
 
 @dataclass(frozen=True)
@@ -93,7 +101,7 @@ def _resolve() -> Principal:
         kind, _, token = header.partition(" ")
         if kind.lower() != "bearer" or not token.strip():
             raise Unauthorized("Use 'Authorization: Bearer <token>'.", code="INVALID_TOKEN")
-        tokens = current_app.extensions.get("vetinh.tokens")
+        tokens = current_app.extensions.get(_BEARER_CACHE)
         holder = tokens.resolve(db, token.strip()) if tokens else resolve_token(db, token.strip())
         return Principal(
             kind="user" if holder.user_id is not None else "client",

@@ -52,6 +52,19 @@ def test_a_remembered_token_is_refused_the_moment_it_expires(app, make_user, mak
 
 
 @pytest.fixture
+def no_cache(settings_overrides: dict[str, Any]) -> dict[str, Any]:
+    settings_overrides["token_cache_seconds"] = 0
+    return settings_overrides
+
+
+def test_a_cache_time_of_zero_looks_every_token_up(no_cache, app, make_user, make_token):
+    token = make_token(make_user("doctor"))
+    asked = _token_queries(app)
+    assert [_me(app, token) for _ in range(3)] == [200, 200, 200]
+    assert len(asked) == 3
+
+
+@pytest.fixture
 def brief_cache(settings_overrides: dict[str, Any]) -> dict[str, Any]:
     settings_overrides["token_cache_seconds"] = 0.2
     return settings_overrides
