@@ -9,10 +9,11 @@ from urllib.parse import urlsplit
 
 import pytest
 from flask import Flask
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from his.db import get_database
-from his.models import AuditRecord
+from his.models import AuditRecord, Site
+from tests.conftest import BACKEND
 from tests.fhir.helpers import FHIR, FhirClient, patient_body
 
 
@@ -495,3 +496,28 @@ def test_staff_cannot_move_another_sites_record_by_update(
     assert outsider.put(f"Observation/{obs['id']}", moved).status_code == 403
     assert outsider.put(f"Observation?_id={obs['id']}", moved).status_code == 403
     assert fhir.get(f"Observation/{obs['id']}").json["subject"]["reference"] == f"Patient/{theirs['id']}"
+
+
+@pytest.fixture
+def one_connection(settings_overrides: dict[str, Any]) -> dict[str, Any]:
+    settings_overrides["db_pool_size"] = 1
+    return settings_overrides
+
+
+def _write_then_fail(app: Flask) -> None:
+    with get_database(app).session_scope() as session:
+        session.add(Site(code="HALF", name="Half written", kind="district"))
+        session.flush()
+        raise RuntimeError("the request fails after its first write")
+
+
+@pytest.mark.skipif(BACKEND != "postgresql", reason="only PostgreSQL reads run outside a transaction")
+def test_a_reads_autocommit_does_not_reach_the_next_write_on_its_connection(
+    one_connection: dict[str, Any], app: Flask, fhir: FhirClient
+) -> None:
+    """A FHIR GET runs without a transaction; the next unit of work on that connection has one."""
+    assert fhir.get("Patient").status_code == 200
+    with pytest.raises(RuntimeError):
+        _write_then_fail(app)
+    with get_database(app).session_scope() as session:
+        assert session.scalar(select(func.count()).select_from(Site).where(Site.code == "HALF")) == 0
