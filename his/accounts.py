@@ -482,7 +482,11 @@ def end_sessions(session: Session, user_id: int, *, keep_session_id: str | None 
 
 
 def _announce_tokens_ended(user_id: int) -> None:
-    """Tell every process's token cache, once this commits, that the user's tokens ended."""
+    """Tell every process's token cache, once this commits, that the user's tokens ended.
+
+    A script working on a bare session has no app and so no bus: caches then notice within
+    their few seconds, as they do a token deleted behind the app's back.
+    """
     if has_app_context():
         events.publish(TOKENS_ENDED, {"user_id": user_id})
 

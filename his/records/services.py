@@ -792,7 +792,6 @@ def current_medicines(session: Session, patient_id: str, exclude_encounter: str,
     )
     drugs = catalogue(session)
     found = []
-    today = on.isoformat()
     for match in result.matches:
         resource = match.resource
         if _reference_id(resource.get("encounter"), "Encounter") == exclude_encounter:
@@ -805,7 +804,7 @@ def current_medicines(session: Session, patient_id: str, exclude_encounter: str,
                 end = date.fromisoformat(start) + timedelta(days=int(days))
             except (TypeError, ValueError):
                 continue
-            if end.isoformat() < today:
+            if end < on:
                 continue
         for coding in resource.get("medicationCodeableConcept", {}).get("coding", []):
             if coding.get("system") == mapping.DRUG_SYSTEM and coding.get("code") in drugs:
