@@ -59,7 +59,7 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 
 bench: deps
-	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+	@for b in bench/[!_]*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 clean:
 	rm -rf $(VENV) node_modules build dist *.egg-info

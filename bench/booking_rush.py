@@ -5,6 +5,7 @@ Usage::
     python bench/booking_rush.py --database postgresql://postgres@127.0.0.1:5432/postgres
     python bench/booking_rush.py                      # SQLite in a temporary folder (smaller)
     python bench/booking_rush.py --workers 3 --threads 4 --client-processes 5   # other shapes
+    python bench/booking_rush.py --database postgresql://... --floor   # and the floor after it
 
 By default 5,000 patients compete for 1,000 online numbers (10 clinics x 100) with 50
 concurrent clients, the way a window opening at 17:00 looks. The clients are keep-alive
@@ -20,6 +21,11 @@ Before the rush the same clients send as many ``GET /healthz`` (one ``SELECT 1``
 server: the rate this stack reaches on this machine for a request that does almost nothing,
 printed beside the bookings as the peer they are measured against. It also means the rush
 meets workers that have served requests, as a hospital's server has by 17:00.
+
+With ``--floor`` the same clients then rush ``bench/_booking_floor.py`` under the same gunicorn
+on fresh sessions: a server that makes the same writes and none of the checks (see its
+docstring). The bookings' rate is printed as a share of the floor's, so a run says how much of
+the machine the checks, index rows and audit take.
 """
 
 from __future__ import annotations
@@ -93,29 +99,7 @@ def prepare(database_url: str, clinics: int, numbers: int, patients: int) -> Set
         )
         token, _row = issue_token(session, user=user, scope="user/*.*", ttl_seconds=24 * 3600)
         department = services.create_department(session, site, code="KB", name="Khoa Khám bệnh")
-        # Tomorrow's sessions, the evening before: today's would close at 23:29 local time.
-        tomorrow = datetime.now(ZONE).date() + timedelta(days=1)
-        session_ids = []
-        for index in range(clinics):
-            clinic = services.create_clinic(
-                session,
-                department,
-                code=f"PK{index + 1}",
-                name=f"Phòng khám {index + 1}",
-                room=f"Phòng khám {index + 1}",
-                online_capacity=numbers,
-                walkin_capacity=20,
-            )
-            row = services.create_session(
-                session,
-                clinic,
-                day=tomorrow,
-                part="morning",
-                starts=clock(0, 0),
-                ends=clock(23, 59),
-                zone=ZONE,
-            )
-            session_ids.append(row.id)
+        session_ids = create_sessions(session, department, clinics, numbers, prefix="PK")
     patient_ids: list[str] = []
     for start in range(0, patients, 500):
         with db.session_scope() as session:
@@ -127,6 +111,45 @@ def prepare(database_url: str, clinics: int, numbers: int, patients: int) -> Set
             ]
     db.dispose()
     return Setup(token=token, session_ids=session_ids, patient_ids=patient_ids)
+
+
+def create_sessions(session: Any, department: Any, clinics: int, numbers: int, prefix: str) -> list[int]:
+    """Open one session tomorrow in each of ``clinics`` new clinics; return their ids."""
+    from booking import services
+
+    # Tomorrow's sessions, the evening before: today's would close at 23:29 local time.
+    tomorrow = datetime.now(ZONE).date() + timedelta(days=1)
+    session_ids = []
+    for index in range(clinics):
+        clinic = services.create_clinic(
+            session,
+            department,
+            code=f"{prefix}{index + 1}",
+            name=f"Phòng khám {index + 1}",
+            room=f"Phòng khám {index + 1}",
+            online_capacity=numbers,
+            walkin_capacity=20,
+        )
+        row = services.create_session(
+            session, clinic, day=tomorrow, part="morning", starts=clock(0, 0), ends=clock(23, 59), zone=ZONE
+        )
+        session_ids.append(row.id)
+    return session_ids
+
+
+def floor_sessions(database_url: str, clinics: int, numbers: int) -> list[int]:
+    """Open as many sessions again, in other clinics, for the floor server's rush."""
+    from sqlalchemy import select
+
+    from booking.models import Department
+    from his.db import Database
+
+    db = Database(database_url)
+    with db.session_scope() as session:
+        department = session.scalars(select(Department)).one()
+        session_ids = create_sessions(session, department, clinics, numbers, prefix="FLOOR")
+    db.dispose()
+    return session_ids
 
 
 def _client_process(
@@ -326,7 +349,14 @@ def main() -> None:
     )
     parser.add_argument("--workers", type=int, default=2, help="gunicorn worker processes")
     parser.add_argument("--threads", type=int, default=4, help="gunicorn threads per worker")
+    parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="also rush bench/_booking_floor.py, a server that only writes the booking (PostgreSQL only)",
+    )
     args = parser.parse_args()
+    if args.floor and not args.database:
+        parser.error("--floor runs on PostgreSQL only: give --database")
     with tempfile.TemporaryDirectory() as folder, database(args.database, Path(folder)) as url:
         label = "PostgreSQL" if url.startswith("postgresql") else "SQLite"
         print(
@@ -352,6 +382,22 @@ def main() -> None:
             server_cpu = cpu_seconds(servers) - server_before
             database_cpu = cpu_used_since(database_before, processes_named("postgres")) if postgres else 0.0
         duplicates, lost = check(url, outcome)
+        floor, floor_cpu = None, 0.0
+        if args.floor:
+            floor_setup = Setup(
+                setup.token, floor_sessions(url, args.clinics, args.numbers), setup.patient_ids
+            )
+            with serve(
+                url,
+                Path(folder),
+                workers=args.workers,
+                threads=args.threads,
+                app="bench._booking_floor:create_app()",
+            ) as server:
+                servers = server.pids()
+                floor_before = cpu_seconds(servers)
+                floor, _elapsed, _cpu = rush(server.url, floor_setup, args.clients, args.client_processes)
+                floor_cpu = cpu_seconds(servers) - floor_before
     successes = len(outcome.created)
     per_second = successes / outcome.last_success if outcome.last_success else 0.0
     p50 = percentile(outcome.latencies, 0.50) * 1000
@@ -377,6 +423,16 @@ def main() -> None:
         f"per request: server {server_cpu / max(1, requests) * 1000:.1f} ms, "
         f"clients {client_cpu / max(1, requests) * 1000:.2f} ms"
     )
+
+    if floor is not None and floor.created:
+        floor_rate = len(floor.created) / floor.last_success if floor.last_success else 0.0
+        print(
+            f"floor (bench/_booking_floor.py: the same writes, none of the checks, index rows or audit): "
+            f"{floor_rate:.0f} bookings/s, p50 {percentile(floor.latencies, 0.50) * 1000:.1f} ms, "
+            f"p99 {percentile(floor.latencies, 0.99) * 1000:.1f} ms, server CPU "
+            f"{floor_cpu / max(1, sum(floor.statuses.values())) * 1000:.1f} ms per request; "
+            f"bookings/s are {per_second / floor_rate:.0%} of it"
+        )
 
 
 if __name__ == "__main__":

@@ -139,8 +139,14 @@ def system_token(database_url: str) -> str:
 
 
 @contextmanager
-def serve(database_url: str, folder: Path, workers: int = 2, threads: int = 4) -> Iterator[Server]:
-    """Run gunicorn on a loopback port until the block ends."""
+def serve(
+    database_url: str,
+    folder: Path,
+    workers: int = 2,
+    threads: int = 4,
+    app: str = "his:create_app()",
+) -> Iterator[Server]:
+    """Run gunicorn on a loopback port until the block ends (the product, or another ``app``)."""
     port = _free_port()
     env = {
         **os.environ,
@@ -172,7 +178,7 @@ def serve(database_url: str, folder: Path, workers: int = 2, threads: int = 4) -
             "warning",
             "--timeout",
             "300",
-            "his:create_app()",
+            app,
         ],
         cwd=ROOT,
         env=env,
