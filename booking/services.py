@@ -710,9 +710,7 @@ def book(
             return BookingResult(earlier, replayed=True)
         raise _session_full(session, clinic_session, zone, now)
     try:
-        booking = _new_booking(
-            session, clinic_session, request, number, "online", now, appointment_id=store.new_id()
-        )
+        booking = _new_booking(session, clinic_session, request, number, "online", now)
     except IntegrityError:
         # A concurrent request with the same key, or for the same patient, committed first.
         session.rollback()
@@ -872,10 +870,11 @@ def _new_booking(
     number: int,
     channel: str,
     now: datetime,
-    *,
-    appointment_id: str | None = None,
 ) -> Booking:
     """Write the booking row and return it as a persistent Booking of this session.
+
+    The row names its Appointment's id before the Appointment is written (``_after_booking``),
+    so it needs no UPDATE afterwards.
 
     The row goes by one Core ``INSERT … RETURNING id`` with every column given, and the
     object is then attached as if loaded: the unit of work's flush of a new object took
@@ -898,7 +897,7 @@ def _new_booking(
         "request_fingerprint": request.fingerprint(),
         "booked_by": request.booked_by,
         "estimated_call_at": planned_call_time(clinic_session, number),
-        "appointment_id": appointment_id,
+        "appointment_id": store.new_id(),
         "encounter_id": None,
         "created_at": now,
         "cancelled_at": None,
@@ -923,7 +922,7 @@ def _after_booking(session: Session, clinic_session: ClinicSession, booking: Boo
     written before, so the store does not look them up again while the counter is locked.
     """
     clinic = clinic_session.clinic
-    stored = store.create(
+    store.create(
         session,
         fhir_mapping.appointment(
             booking_id=booking.id,
@@ -942,8 +941,6 @@ def _after_booking(session: Session, clinic_session: ClinicSession, booking: Boo
         check_references=False,
         resource_id=booking.appointment_id,
     )
-    if booking.appointment_id != stored.id:
-        booking.appointment_id = stored.id
     last_online = (
         clinic_session.online_first + (clinic_session.online_capacity - 1) * clinic_session.online_step
     )
@@ -1158,9 +1155,7 @@ def register_walk_in(
     number = allocate_queue_number(session, clinic_session, "walkin")
     if number is None:
         raise Conflict(N_("This session has no walk-in numbers left."), code="WALKIN_FULL")
-    booking = _new_booking(
-        session, clinic_session, request, number, "walkin", now, appointment_id=store.new_id()
-    )
+    booking = _new_booking(session, clinic_session, request, number, "walkin", now)
     _after_booking(session, clinic_session, booking)
     _open_encounter(session, booking, now)
     session.flush()

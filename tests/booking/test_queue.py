@@ -75,6 +75,25 @@ def test_walk_ins_get_numbers_from_their_own_range(
         assert full.get_json()["code"] == "WALKIN_FULL"
 
 
+def test_a_walk_in_is_recorded_with_its_appointment_and_encounter(
+    client, app, clinic, make_session, make_patient, make_user, make_token
+):
+    """The desk's walk-in answer names an Appointment and an Encounter that exist and agree."""
+    session_id = make_session(clinic.id, online=10, walkin=2)
+    desk = make_token(make_user("receptionist"), "user/*.*")
+    walk_in = client.post(
+        f"/api/v1/sessions/{session_id}/walk-ins", json={"patient_id": make_patient()}, headers=bearer(desk)
+    ).get_json()
+    appointment = client.get(walk_in["appointment"], headers=bearer(desk)).get_json()
+    assert appointment["status"] == "arrived"
+    assert str(walk_in["queue_number"]) in [i["value"] for i in appointment["identifier"]]
+    encounter = client.get(walk_in["encounter"], headers=bearer(desk)).get_json()
+    assert encounter["appointment"] == [{"reference": f"Appointment/{appointment['id']}"}]
+    # Read back from the database: the row keeps what the request answered.
+    again = client.get(f"/api/v1/bookings/{walk_in['id']}", headers=bearer(desk)).get_json()
+    assert (again["appointment"], again["encounter"]) == (walk_in["appointment"], walk_in["encounter"])
+
+
 def test_the_doctor_calls_recalls_skips_and_finishes(
     client, app, sites, make_session, patient_user, make_user, make_token
 ):
