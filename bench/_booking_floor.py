@@ -15,16 +15,16 @@ this machine.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import uuid
 from typing import Any
 
 from flask import Flask, jsonify, request
 from sqlalchemy import text
 
 from booking import fhir_mapping
+from booking.services import BookingRequest
+from fhir.services import new_id
 from his.db import make_engine, utcnow
 
 TAKE_NUMBER = text(
@@ -63,7 +63,7 @@ def create_app() -> Flask:
     def book() -> Any:
         body = request.get_json()
         session_id, patient_id = int(body["session_id"]), str(body["patient_id"])
-        now, appointment_id = utcnow(), str(uuid.uuid4())
+        now, appointment_id = utcnow(), new_id()
         with engine.begin() as connection:
             taken = connection.execute(TAKE_NUMBER, {"session_id": session_id}).first()
             if taken is None:
@@ -76,7 +76,7 @@ def create_app() -> Flask:
                     "patient_id": patient_id,
                     "number": number,
                     "key": request.headers.get("Idempotency-Key"),
-                    "fingerprint": hashlib.sha256(f"{session_id}|{patient_id}".encode()).hexdigest(),
+                    "fingerprint": BookingRequest(session_id, patient_id, booked_by=None).fingerprint(),
                     "starts_at": starts_at,
                     "appointment_id": appointment_id,
                     "now": now,

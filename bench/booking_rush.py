@@ -41,16 +41,21 @@ import threading
 import time
 import uuid
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from datetime import time as clock
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fhir_ingest import database, serve
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from booking.models import Department
 
 TARGET_PER_SECOND = 300
 TARGET_P99_MS = 250
@@ -60,6 +65,7 @@ ZONE = ZoneInfo("Asia/Ho_Chi_Minh")
 @dataclass
 class Setup:
     token: str
+    department_id: int
     session_ids: list[int]
     patient_ids: list[str]
 
@@ -110,10 +116,12 @@ def prepare(database_url: str, clinics: int, numbers: int, patients: int) -> Set
                 for i in range(start, min(patients, start + 500))
             ]
     db.dispose()
-    return Setup(token=token, session_ids=session_ids, patient_ids=patient_ids)
+    return Setup(token=token, department_id=department.id, session_ids=session_ids, patient_ids=patient_ids)
 
 
-def create_sessions(session: Any, department: Any, clinics: int, numbers: int, prefix: str) -> list[int]:
+def create_sessions(
+    session: Session, department: Department, clinics: int, numbers: int, prefix: str
+) -> list[int]:
     """Open one session tomorrow in each of ``clinics`` new clinics; return their ids."""
     from booking import services
 
@@ -137,16 +145,14 @@ def create_sessions(session: Any, department: Any, clinics: int, numbers: int, p
     return session_ids
 
 
-def floor_sessions(database_url: str, clinics: int, numbers: int) -> list[int]:
-    """Open as many sessions again, in other clinics, for the floor server's rush."""
-    from sqlalchemy import select
-
+def floor_sessions(database_url: str, setup: Setup, clinics: int, numbers: int) -> list[int]:
+    """Open as many sessions again, in other clinics of the department, for the floor's rush."""
     from booking.models import Department
     from his.db import Database
 
     db = Database(database_url)
     with db.session_scope() as session:
-        department = session.scalars(select(Department)).one()
+        department = session.get_one(Department, setup.department_id)
         session_ids = create_sessions(session, department, clinics, numbers, prefix="FLOOR")
     db.dispose()
     return session_ids
@@ -384,9 +390,7 @@ def main() -> None:
         duplicates, lost = check(url, outcome)
         floor, floor_cpu = None, 0.0
         if args.floor:
-            floor_setup = Setup(
-                setup.token, floor_sessions(url, args.clinics, args.numbers), setup.patient_ids
-            )
+            floor_setup = replace(setup, session_ids=floor_sessions(url, setup, args.clinics, args.numbers))
             with serve(
                 url,
                 Path(folder),
